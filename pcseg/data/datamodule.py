@@ -1,0 +1,139 @@
+"""LightningDataModule over a SemanticKITTI-layout root (real or the embedded synthetic one)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from pcseg import PROJECT_ROOT
+from pcseg.data.collate import collate_point_clouds
+from pcseg.data.features import feature_channels
+from pcseg.data.labels import LabelMap, load_label_map
+from pcseg.data.semantickitti import SemanticKITTIDataset
+
+#: Where the embedded synthetic dataset lives when ``root`` is not given.
+DEFAULT_SYNTHETIC_ROOT = PROJECT_ROOT / "data" / "synthetic_kitti"
+SPLIT_ALIASES = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+class SemanticKITTIDataModule(pl.LightningDataModule):
+    """Train/val/test loaders of :class:`SemanticKITTIDataset`, packed into ``PointBatch``.
+
+    Args:
+        root: dataset root; None means the embedded synthetic dataset (generated on first use).
+        split: sequences per split ``{"train": [...], "valid": [...], "test": [...]}``; None
+            takes the label yaml's official split.
+        label_config: path of the label yaml (None: SemanticKITTI's).
+        generate: build the synthetic dataset into ``root`` if it is absent.
+        voxel_size: metres, None for full resolution.
+        augment: training-only transform ``f(coord, rng) -> coord`` (see transforms.py).
+        features: input feature names (see features.py).
+        test_requires_labels: the official test split ships no labels; set True to demand them.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: Mapping[str, Sequence[int]] | None = None,
+        label_config: str | Path | None = None,
+        generate: bool = False,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        voxel_size: float | None = None,
+        augment: Augment | None = None,
+        features: Sequence[str] = ("xyz", "remission", "range"),
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        test_requires_labels: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root) if root is not None else DEFAULT_SYNTHETIC_ROOT
+        self.label_map: LabelMap = load_label_map(label_config)
+        self.split = {
+            SPLIT_ALIASES.get(k, k): list(v)
+            for k, v in (split if split is not None else self.label_map.split).items()
+        }
+        self.generate = generate
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.voxel_size = voxel_size
+        self.augment = augment
+        self.features = tuple(features)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.test_requires_labels = test_requires_labels
+        self.datasets: dict[str, SemanticKITTIDataset] = {}
+
+    @property
+    def in_channels(self) -> int:
+        """Input feature width C for the network."""
+        return feature_channels(self.features)
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_map.num_classes
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset if asked and absent (Lightning calls this on rank 0)."""
+        if self.generate:
+            from pcseg.data.synthetic import ensure_dataset
+
+            ensure_dataset(self.root)
+
+    def sequences(self, split: str) -> list[int]:
+        key = SPLIT_ALIASES.get(split, split)
+        if key not in self.split:
+            raise KeyError(f"split '{split}' not configured; have {sorted(self.split)}")
+        return self.split[key]
+
+    def dataset(self, split: str) -> SemanticKITTIDataset:
+        """The dataset of ``split`` ('train', 'val'/'valid' or 'test'), built once."""
+        key = SPLIT_ALIASES.get(split, split)
+        if key not in self.datasets:
+            self.datasets[key] = SemanticKITTIDataset(
+                self.root,
+                self.sequences(key),
+                label_map=self.label_map,
+                voxel_size=self.voxel_size,
+                augment=self.augment if key == "train" else None,
+                features=self.features,
+                require_labels=key != "test" or self.test_requires_labels,
+            )
+        return self.datasets[key]
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}
+        for split in wanted.get(stage or "fit", ("train", "valid")):
+            self.dataset(split)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_point_clouds,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)
