@@ -1,0 +1,1 @@
+"""Neural-network layers: continuous convolution and the networks built from it."""
