@@ -22,7 +22,9 @@ def collate_point_clouds(samples: Sequence[dict[str, Any]]) -> PointBatch:
     offset = lengths_to_offset(lengths)
     starts = offset - lengths
     has_labels = all("label" in s for s in samples)
-    inverse = torch.cat([s["inverse"] + start for s, start in zip(samples, starts.tolist())])
+    inverse = torch.cat(
+        [s["inverse"] + start for s, start in zip(samples, starts.tolist(), strict=True)]
+    )
     inverse_lengths = torch.tensor([s["inverse"].shape[0] for s in samples], dtype=torch.int64)
     return PointBatch(
         coord=torch.cat([s["coord"] for s in samples]),

@@ -170,7 +170,9 @@ def write_scan(path: str | Path, xyz: np.ndarray, remission: np.ndarray | None =
         raise ValueError(f"{path}: unknown scan format '{suffix}' (expected {SCAN_SUFFIXES})")
 
 
-def write_labels(path: str | Path, semantic: np.ndarray, instance: np.ndarray | None = None) -> None:
+def write_labels(
+    path: str | Path, semantic: np.ndarray, instance: np.ndarray | None = None
+) -> None:
     """Write a ``.label`` file from ``semantic`` (N,) and optional ``instance`` (N,) ids (< 2**16)."""
     semantic = np.asarray(semantic).astype(np.int64).reshape(-1)
     instance = (

@@ -86,7 +86,9 @@ class LabelMap:
         bad = train < 0
         if bad.any():
             ids, counts = np.unique(semantic[bad], return_counts=True)
-            listed = ", ".join(f"{i} ({c} points)" for i, c in zip(ids[:8], counts[:8]))
+            listed = ", ".join(
+                f"{i} ({c} points)" for i, c in zip(ids[:8], counts[:8], strict=True)
+            )
             more = f" and {len(ids) - 8} more" if len(ids) > 8 else ""
             raise LabelFormatError(
                 path, f"unknown raw label ids not in the label map: {listed}{more}"
@@ -124,11 +126,18 @@ def _build(path: Path) -> LabelMap:
         raise LabelConfigError(path, f"missing keys: {', '.join(missing)}")
 
     raw_names = {k: str(v) for k, v in _int_keys(cfg["labels"], "labels", path).items()}
-    learning_map = {k: int(v) for k, v in _int_keys(cfg["learning_map"], "learning_map", path).items()}
-    inv = {k: int(v) for k, v in _int_keys(cfg["learning_map_inv"], "learning_map_inv", path).items()}
-    ignore = {k: bool(v) for k, v in _int_keys(cfg["learning_ignore"], "learning_ignore", path).items()}
+    learning_map = {
+        k: int(v) for k, v in _int_keys(cfg["learning_map"], "learning_map", path).items()
+    }
+    inv = {
+        k: int(v) for k, v in _int_keys(cfg["learning_map_inv"], "learning_map_inv", path).items()
+    }
+    ignore = {
+        k: bool(v) for k, v in _int_keys(cfg["learning_ignore"], "learning_ignore", path).items()
+    }
     colors = {
-        k: tuple(int(c) for c in v) for k, v in _int_keys(cfg["color_map"], "color_map", path).items()
+        k: tuple(int(c) for c in v)
+        for k, v in _int_keys(cfg["color_map"], "color_map", path).items()
     }
     content = {k: float(v) for k, v in _int_keys(cfg.get("content", {}), "content", path).items()}
     split = {str(k): [int(s) for s in v] for k, v in (cfg.get("split") or {}).items()}
@@ -138,7 +147,9 @@ def _build(path: Path) -> LabelMap:
         raise LabelConfigError(path, "learning_map_inv keys must be 0..C-1 without gaps")
     bad_targets = sorted({v for v in learning_map.values() if not 0 <= v < num_classes})
     if bad_targets:
-        raise LabelConfigError(path, f"learning_map targets outside 0..{num_classes - 1}: {bad_targets}")
+        raise LabelConfigError(
+            path, f"learning_map targets outside 0..{num_classes - 1}: {bad_targets}"
+        )
     undefined = sorted(set(learning_map) - set(raw_names))
     if undefined:
         raise LabelConfigError(path, f"learning_map has raw ids without a name: {undefined}")

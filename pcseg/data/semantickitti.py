@@ -46,8 +46,9 @@ def index_scans(
     seq_dir = root / "sequences"
     if not seq_dir.is_dir():
         raise DatasetFileError(
-            seq_dir, "no 'sequences' folder: the root is not in SemanticKITTI layout "
-            "(ROOT/sequences/NN/velodyne/NNNNNN.bin)"
+            seq_dir,
+            "no 'sequences' folder: the root is not in SemanticKITTI layout "
+            "(ROOT/sequences/NN/velodyne/NNNNNN.bin)",
         )
     records: list[ScanRecord] = []
     for seq in sequences:
@@ -60,7 +61,9 @@ def index_scans(
             )
         scans = sorted(p for p in velodyne.iterdir() if p.suffix.lower() in SCAN_SUFFIXES)
         if not scans:
-            raise DatasetFileError(velodyne, f"no scans ({'/'.join(SCAN_SUFFIXES)}) in sequence {name}")
+            raise DatasetFileError(
+                velodyne, f"no scans ({'/'.join(SCAN_SUFFIXES)}) in sequence {name}"
+            )
         for scan in scans:
             label = seq_dir / name / "labels" / f"{scan.stem}.label"
             if not label.is_file():
@@ -125,7 +128,10 @@ class SemanticKITTIDataset(Dataset):
             remission = scatter_mean(remission, inverse, vox.counts).astype(np.float32)
             if label is not None:
                 label = majority_label(
-                    label, inverse, len(vox.counts), self.label_map.num_classes,
+                    label,
+                    inverse,
+                    len(vox.counts),
+                    self.label_map.num_classes,
                     self.label_map.ignore_index,
                 )
         else:

@@ -90,9 +90,9 @@ def majority_label(
     """Most frequent label per voxel (V,), counting ``ignore_index`` only where a voxel has no
     other label, so a few unlabelled returns never erase a labelled voxel. Ties go to the
     smaller id (deterministic)."""
-    votes = np.bincount(
-        inverse * num_classes + labels, minlength=num_voxels * num_classes
-    ).reshape(num_voxels, num_classes)
+    votes = np.bincount(inverse * num_classes + labels, minlength=num_voxels * num_classes).reshape(
+        num_voxels, num_classes
+    )
     if 0 <= ignore_index < num_classes:
         labelled = votes.sum(axis=1) > votes[:, ignore_index]
         votes[labelled, ignore_index] = 0

@@ -31,11 +31,16 @@ def make_layout(root: Path, frames: dict[int, list[int]], labels: bool = True) -
     for seq, sizes in frames.items():
         for i, n in enumerate(sizes):
             xyz = rng.uniform(-30, 30, (n, 3)).astype(np.float32)
-            write_scan(root / "sequences" / f"{seq:02d}" / "velodyne" / f"{i:06d}.bin", xyz,
-                       rng.uniform(0, 1, n).astype(np.float32))
+            write_scan(
+                root / "sequences" / f"{seq:02d}" / "velodyne" / f"{i:06d}.bin",
+                xyz,
+                rng.uniform(0, 1, n).astype(np.float32),
+            )
             if labels:
-                write_labels(root / "sequences" / f"{seq:02d}" / "labels" / f"{i:06d}.label",
-                             rng.choice(RAW_IDS, n))
+                write_labels(
+                    root / "sequences" / f"{seq:02d}" / "labels" / f"{i:06d}.label",
+                    rng.choice(RAW_IDS, n),
+                )
     return root
 
 
@@ -105,7 +110,9 @@ def test_missing_root_or_sequence_is_named(tmp_path):
     with pytest.raises(DatasetFileError, match="no 'sequences' folder"):
         SemanticKITTIDataset(tmp_path / "nowhere", [0])
     root = make_layout(tmp_path / "r", {0: [10]})
-    with pytest.raises(DatasetFileError, match=r"sequences/08/velodyne: sequence 08 is missing \(present: 00\)"):
+    with pytest.raises(
+        DatasetFileError, match=r"sequences/08/velodyne: sequence 08 is missing \(present: 00\)"
+    ):
         SemanticKITTIDataset(root, [8])
 
 
@@ -115,7 +122,9 @@ def test_bad_files_raise_when_read(tmp_path):
         f.write(b"\x00")
     write_labels(root / "sequences/00/labels/000000.label", np.full(100, 7))
     ds = SemanticKITTIDataset(root, [0])
-    with pytest.raises(LabelFormatError, match=r"000000\.label: unknown raw label ids .*7 \(100 points\)"):
+    with pytest.raises(
+        LabelFormatError, match=r"000000\.label: unknown raw label ids .*7 \(100 points\)"
+    ):
         ds[0]
     with pytest.raises(ScanFormatError, match=r"000001\.bin: 1601 bytes"):
         ds[1]
@@ -124,8 +133,12 @@ def test_bad_files_raise_when_read(tmp_path):
 def test_datamodule_loaders_with_workers(tmp_path):
     root = make_layout(tmp_path, {0: [300, 200, 100], 1: [150]})
     dm = SemanticKITTIDataModule(
-        root=root, split={"train": [0], "val": [1], "test": [1]}, batch_size=2, num_workers=2,
-        voxel_size=2.0, augment=Compose([RandomRotateZ()]),
+        root=root,
+        split={"train": [0], "val": [1], "test": [1]},
+        batch_size=2,
+        num_workers=2,
+        voxel_size=2.0,
+        augment=Compose([RandomRotateZ()]),
     )
     dm.setup("fit")
     batches = list(dm.train_dataloader())
@@ -142,8 +155,14 @@ def _compose_data(overrides: list[str]):
 
 def test_data_configs_compose_and_instantiate(tmp_path):
     root = make_layout(tmp_path, {0: [100]})
-    cfg = _compose_data(["+data=semantickitti", f"data.root={root}",
-                         "data.split={train:[0],valid:[0],test:[0]}", "data.num_workers=0"])
+    cfg = _compose_data(
+        [
+            "+data=semantickitti",
+            f"data.root={root}",
+            "data.split={train:[0],valid:[0],test:[0]}",
+            "data.num_workers=0",
+        ]
+    )
     dm = instantiate(cfg.data)
     assert isinstance(dm, SemanticKITTIDataModule)
     assert dm.root == root and dm.voxel_size == 0.05
@@ -168,8 +187,11 @@ def test_config_typo_fails_at_instantiate(tmp_path):
 
 def test_real_scans_through_the_same_code(real_root):
     dm = SemanticKITTIDataModule(
-        root=real_root, split={"train": [0], "valid": [0], "test": [0]}, batch_size=3,
-        num_workers=0, voxel_size=0.1,
+        root=real_root,
+        split={"train": [0], "valid": [0], "test": [0]},
+        batch_size=3,
+        num_workers=0,
+        voxel_size=0.1,
     )
     ds = dm.dataset("val")
     assert len(ds) >= 3
@@ -180,5 +202,6 @@ def test_real_scans_through_the_same_code(real_root):
     counts = torch.bincount(labelled, minlength=20)
     names = load_label_map().class_names
     assert counts[names.index("road")] > counts[names.index("car")] > 0
-    assert os.path.samefile(batch.meta[0]["scan_path"],
-                            real_root / "sequences/00/velodyne/000000.bin")
+    assert os.path.samefile(
+        batch.meta[0]["scan_path"], real_root / "sequences/00/velodyne/000000.bin"
+    )

@@ -72,7 +72,9 @@ def test_size_not_multiple_of_16(tmp_path, cloud):
 def test_label_count_mismatch(tmp_path):
     path = tmp_path / "000007.label"
     write_labels(path, np.zeros(5, dtype=np.int64))
-    with pytest.raises(LabelFormatError, match=r"000007\.label: 5 labels but the scan has 6 points"):
+    with pytest.raises(
+        LabelFormatError, match=r"000007\.label: 5 labels but the scan has 6 points"
+    ):
         read_labels(path, num_points=6)
 
 
@@ -90,7 +92,9 @@ def test_non_finite_coordinates(tmp_path, cloud, bad):
     xyz[17, 1] = bad
     path = tmp_path / "nan.bin"
     write_scan(path, xyz, remission)
-    with pytest.raises(ScanFormatError, match=r"nan\.bin: 1 of 1000 points have NaN/inf .*index 17"):
+    with pytest.raises(
+        ScanFormatError, match=r"nan\.bin: 1 of 1000 points have NaN/inf .*index 17"
+    ):
         read_scan(path)
 
 

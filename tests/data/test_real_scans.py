@@ -14,7 +14,9 @@ def test_real_frame_matches_manifest(real_root):
     assert 0.0 <= remission.min() and remission.max() <= 1.0
     semantic, instance = read_labels(real_root / "sequences/00/labels/000000.label", len(xyz))
     raw_names = load_label_map().raw_names
-    counts = {raw_names[i]: int(c) for i, c in zip(*np.unique(semantic, return_counts=True))}
+    counts = {
+        raw_names[i]: int(c) for i, c in zip(*np.unique(semantic, return_counts=True), strict=True)
+    }
     # Published per-class counts of frame 000000 (MANIFEST.md).
     assert counts["road"] == 34228
     assert counts["car"] == 4234
