@@ -27,8 +27,8 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
 
     Args:
         root: dataset root; None means the embedded synthetic dataset (generated on first use).
-        split: sequences per split ``{"train": [...], "valid": [...], "test": [...]}``; None
-            takes the label yaml's official split.
+        sequences: sequences per split ``{"train": [...], "valid": [...], "test": [...]}``;
+            None takes the label yaml's official split.
         label_config: path of the label yaml (None: SemanticKITTI's).
         generate: build the synthetic dataset into ``root`` if it is absent.
         voxel_size: metres, None for full resolution.
@@ -40,7 +40,7 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str | Path | None = None,
-        split: Mapping[str, Sequence[int]] | None = None,
+        sequences: Mapping[str, Sequence[int]] | None = None,
         label_config: str | Path | None = None,
         generate: bool = False,
         batch_size: int = 2,
@@ -56,9 +56,9 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         super().__init__()
         self.root = Path(root) if root is not None else DEFAULT_SYNTHETIC_ROOT
         self.label_map: LabelMap = load_label_map(label_config)
-        self.split = {
+        self.split_sequences = {
             SPLIT_ALIASES.get(k, k): list(v)
-            for k, v in (split if split is not None else self.label_map.split).items()
+            for k, v in (sequences if sequences is not None else self.label_map.split).items()
         }
         self.generate = generate
         self.batch_size = batch_size
@@ -90,9 +90,9 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
 
     def sequences(self, split: str) -> list[int]:
         key = SPLIT_ALIASES.get(split, split)
-        if key not in self.split:
-            raise KeyError(f"split '{split}' not configured; have {sorted(self.split)}")
-        return self.split[key]
+        if key not in self.split_sequences:
+            raise KeyError(f"split '{split}' not configured; have {sorted(self.split_sequences)}")
+        return self.split_sequences[key]
 
     def dataset(self, split: str) -> SemanticKITTIDataset:
         """The dataset of ``split`` ('train', 'val'/'valid' or 'test'), built once."""

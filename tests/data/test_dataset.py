@@ -134,7 +134,7 @@ def test_datamodule_loaders_with_workers(tmp_path):
     root = make_layout(tmp_path, {0: [300, 200, 100], 1: [150]})
     dm = SemanticKITTIDataModule(
         root=root,
-        split={"train": [0], "val": [1], "test": [1]},
+        sequences={"train": [0], "val": [1], "test": [1]},
         batch_size=2,
         num_workers=2,
         voxel_size=2.0,
@@ -159,7 +159,7 @@ def test_data_configs_compose_and_instantiate(tmp_path):
         [
             "+data=semantickitti",
             f"data.root={root}",
-            "data.split={train:[0],valid:[0],test:[0]}",
+            "data.sequences={train:[0],valid:[0],test:[0]}",
             "data.num_workers=0",
         ]
     )
@@ -171,7 +171,7 @@ def test_data_configs_compose_and_instantiate(tmp_path):
 
     cfg = _compose_data(["+data=synthetic"])
     dm = instantiate(cfg.data)
-    assert dm.generate and dm.split == {"train": [0, 1, 2, 3], "valid": [4], "test": [5]}
+    assert dm.generate and dm.split_sequences == {"train": [0, 1, 2, 3], "valid": [4], "test": [5]}
     assert dm.root == PROJECT_ROOT / "data" / "synthetic_kitti"
 
     # The official split is the default for a real copy.
@@ -188,7 +188,7 @@ def test_config_typo_fails_at_instantiate(tmp_path):
 def test_real_scans_through_the_same_code(real_root):
     dm = SemanticKITTIDataModule(
         root=real_root,
-        split={"train": [0], "valid": [0], "test": [0]},
+        sequences={"train": [0], "valid": [0], "test": [0]},
         batch_size=3,
         num_workers=0,
         voxel_size=0.1,
