@@ -6,8 +6,9 @@
 
 With a display and neither --png nor --ply: an Open3D window (N/→ next, P/← previous,
 M cycles the mode, Q quits). --png renders offscreen to OUT/<seq>_<frame>_<mode>.png (also
-without any X server, through EGL); --ply writes OUT/<seq>_<frame>_<mode>.ply. With no display
-($DISPLAY and $WAYLAND_DISPLAY unset) and neither given, PNG files go to outputs/vis/<seq>/.
+without any X server, through EGL); --ply writes OUT/<seq>_<frame>_<mode>.ply. With no usable
+display ($DISPLAY and $WAYLAND_DISPLAY unset, or naming no reachable server) and neither given,
+PNG files go to outputs/vis/<seq>/.
 
 --predictions: a submission root holding sequences/NN/predictions/NNNNNN.label (what
 `evaluate.py export=true` writes) or a folder with the NNNNNN.label files directly; either way
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -57,9 +59,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def has_display() -> bool:
-    """Whether a window can be shown: an X or Wayland display is named in the environment."""
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+def display_problem() -> str | None:
+    """Why no window can be shown here, or None if a display looks reachable.
+
+    Checked up front because when GLFW cannot open the named display Open3D silently falls back
+    to an invisible EGL window, and ``run()`` would then wait forever for keys nobody can press.
+    """
+    wayland = os.environ.get("WAYLAND_DISPLAY")
+    if wayland:
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        socket_path = Path(wayland) if wayland.startswith("/") else Path(runtime) / wayland
+        if socket_path.exists():
+            return None
+    display = os.environ.get("DISPLAY")
+    if not display:
+        if wayland:
+            return f"the Wayland socket of $WAYLAND_DISPLAY={wayland} does not exist"
+        return "no display ($DISPLAY and $WAYLAND_DISPLAY are unset)"
+    host, _, number = display.rpartition(":")
+    number = number.split(".")[0]
+    if not number.isdigit():
+        return f"cannot parse $DISPLAY={display}"
+    if host in ("", "unix"):
+        if Path(f"/tmp/.X11-unix/X{number}").exists():
+            return None
+        return f"$DISPLAY={display} but no X server socket /tmp/.X11-unix/X{number}"
+    try:  # a TCP display (e.g. ssh -X forwards to localhost:10)
+        with socket.create_connection((host, 6000 + int(number)), timeout=1.0):
+            return None
+    except OSError as e:
+        return f"cannot reach the X server of $DISPLAY={display} ({e})"
 
 
 def export(frames: list[FrameFiles], args: argparse.Namespace, mode: str | None) -> None:
@@ -126,12 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if need_pred and args.predictions is None:
                 raise VisualizationError(f"--mode {args.mode} needs --predictions")
-        if args.png is None and args.ply is None and not has_display():
+        problem = None if args.png or args.ply else display_problem()
+        if problem is not None:
             args.png = Path("outputs") / "vis" / frames[0].sequence
-            print(
-                "no display ($DISPLAY and $WAYLAND_DISPLAY are unset): rendering PNG files "
-                f"offscreen to {args.png}/ instead of opening a window"
-            )
+            print(f"{problem}: rendering PNG files offscreen to {args.png}/ instead of a window")
         if args.png is not None or args.ply is not None:
             export(frames, args, args.mode)
         else:

@@ -18,7 +18,12 @@ If no OpenGL context can be had, :class:`OffscreenRenderer` warns
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +46,30 @@ class RenderFallbackWarning(UserWarning):
 
 class RenderError(RuntimeError):
     """``backend="open3d"`` was asked for and Open3D cannot render here."""
+
+
+@contextmanager
+def quiet_window_creation() -> Iterator[None]:
+    """Silence the expected noise while Open3D creates a window with no display.
+
+    With no display, GLFW probes Wayland, whose client library prints "error: XDG_RUNTIME_DIR
+    is invalid or not set" when that variable is unset, and Open3D logs "no display, falling
+    back to EGL": both harmless and confusing. For the duration of the call only, point
+    ``XDG_RUNTIME_DIR`` at an empty private folder and raise Open3D's log level to errors.
+    """
+    import open3d as o3d
+
+    made = None
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        made = tempfile.mkdtemp(prefix="pcseg-xdg-")  # mode 0700, as the variable requires
+        os.environ["XDG_RUNTIME_DIR"] = made
+    try:
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+            yield
+    finally:
+        if made is not None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -146,8 +175,7 @@ class OffscreenRenderer:
         except ImportError as e:  # pragma: no cover - open3d is a dependency
             return f"cannot import open3d ({e})"
         vis = o3d.visualization.Visualizer()
-        # Quieten Open3D's "no display, falling back to EGL" chatter: that path is expected.
-        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        with quiet_window_creation():
             ok = vis.create_window(
                 window_name="pcseg", width=self.width, height=self.height, visible=False
             )
