@@ -112,6 +112,19 @@ class Camera:
         )
 
 
+def apply_camera(vis: object, camera: Camera, width: int, height: int) -> bool:
+    """Point an Open3D legacy visualiser's view at ``camera``; False if Open3D refused it."""
+    import open3d as o3d
+
+    params = o3d.camera.PinholeCameraParameters()
+    params.intrinsic = o3d.camera.PinholeCameraIntrinsic(
+        width, height, camera.intrinsic_matrix(width, height)
+    )
+    params.extrinsic = camera.extrinsic()
+    view = vis.get_view_control()  # type: ignore[attr-defined]
+    return bool(view.convert_from_pinhole_camera_parameters(params, allow_arbitrary=True))
+
+
 def _as_float64_colors(colors: np.ndarray) -> np.ndarray:
     colors = np.asarray(colors)
     if colors.dtype == np.uint8:
@@ -200,12 +213,7 @@ class OffscreenRenderer:
         # small cloud followed by a large one is not clipped; costs a few ms.
         vis.clear_geometries()
         vis.add_geometry(pcd, reset_bounding_box=True)
-        params = o3d.camera.PinholeCameraParameters()
-        params.intrinsic = o3d.camera.PinholeCameraIntrinsic(
-            self.width, self.height, self.camera.intrinsic_matrix(self.width, self.height)
-        )
-        params.extrinsic = self.camera.extrinsic()
-        vis.get_view_control().convert_from_pinhole_camera_parameters(params, allow_arbitrary=True)
+        apply_camera(vis, self.camera, self.width, self.height)
         buffer = np.asarray(vis.capture_screen_float_buffer(do_render=True))
         return (np.clip(buffer, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

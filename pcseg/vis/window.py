@@ -100,14 +100,18 @@ class SequenceViewer:
         """Create the window and register the keys; returns False if no window could be made."""
         import open3d as o3d
 
-        vis = o3d.visualization.VisualizerWithKeyCallback()
+        from pcseg.vis.render import Camera, apply_camera, quiet_window_creation
+
         f = self.frames[0]
-        if not vis.create_window(
-            window_name=f"pcseg - sequence {f.sequence}",
-            width=width,
-            height=height,
-            visible=visible,
-        ):
+        with quiet_window_creation():
+            vis = o3d.visualization.VisualizerWithKeyCallback()
+            ok = vis.create_window(
+                window_name=f"pcseg - sequence {f.sequence}",
+                width=width,
+                height=height,
+                visible=visible,
+            )
+        if not ok:
             return False
         options = vis.get_render_option()
         options.point_size = self.point_size
@@ -129,11 +133,13 @@ class SequenceViewer:
         for code in (ord("Q"), KEY_ESCAPE):
             vis.register_key_callback(code, key(vis.close))
         self._update(reset_view=True)
-        view = vis.get_view_control()  # start behind and above the sensor, looking forward
-        view.set_front([-1.0, 0.0, 0.8])
-        view.set_lookat([12.0, 0.0, 0.0])
-        view.set_up([0.6, 0.0, 1.0])
-        view.set_zoom(0.12)
+        # Start from the PNG renderer's camera (behind and above the sensor, looking forward).
+        if not apply_camera(vis, Camera(), width, height):
+            view = vis.get_view_control()
+            view.set_front([-1.0, 0.0, 0.8])
+            view.set_lookat([12.0, 0.0, 0.0])
+            view.set_up([0.6, 0.0, 1.0])
+            view.set_zoom(0.12)
         return True
 
     def run(self) -> None:
