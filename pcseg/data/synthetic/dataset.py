@@ -1,0 +1,159 @@
+"""Whole-dataset generation: sequences in parallel, a completion marker written last.
+
+``ROOT/synthetic.json`` records the seed, the sequences (id -> frames) and
+:data:`GENERATOR_VERSION`. It is written only after every file exists, so
+:func:`ensure_dataset` can tell a complete dataset (reused instantly) from an interrupted or
+different one (regenerated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from pcseg.data.synthetic.sequence import write_sequence
+
+#: sequence id -> number of frames: four training sequences, one validation, one test
+DEFAULT_SEQUENCES: dict[int, int] = {0: 25, 1: 25, 2: 25, 3: 25, 4: 12, 5: 12}
+DEFAULT_SPLIT: dict[str, list[int]] = {"train": [0, 1, 2, 3], "valid": [4], "test": [5]}
+#: bump when the generator's output changes, so old datasets are regenerated
+GENERATOR_VERSION = 1
+MARKER = "synthetic.json"
+
+
+class DatasetSpecError(ValueError):
+    """Bad arguments for dataset generation (negative ids, zero frames, bad worker count)."""
+
+
+def _check(sequences: Mapping[int, int], workers: int | None) -> dict[int, int]:
+    if not sequences:
+        raise DatasetSpecError("sequences is empty: give at least one {sequence_id: frames}")
+    out = {}
+    for seq, frames in sequences.items():
+        if not 0 <= int(seq) <= 99:
+            raise DatasetSpecError(f"sequence id {seq} is outside 0..99 (two-digit folders)")
+        if int(frames) < 1:
+            raise DatasetSpecError(f"sequence {seq}: frames must be >= 1, got {frames}")
+        out[int(seq)] = int(frames)
+    if workers is not None and workers < 1:
+        raise DatasetSpecError(f"workers must be >= 1, got {workers}")
+    return out
+
+
+def _marker_content(sequences: Mapping[int, int], seed: int) -> dict:
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "sequences": {f"{k:02d}": v for k, v in sorted(sequences.items())},
+    }
+
+
+def _files_present(root: Path, sequences: Mapping[int, int]) -> bool:
+    for seq, frames in sequences.items():
+        folder = root / "sequences" / f"{seq:02d}"
+        for name in ("poses.txt", "times.txt", "calib.txt"):
+            if not (folder / name).is_file():
+                return False
+        for sub, ext in (("velodyne", ".bin"), ("labels", ".label")):
+            if not all((folder / sub / f"{f:06d}{ext}").is_file() for f in range(frames)):
+                return False
+    return True
+
+
+def is_complete(
+    root: str | Path, sequences: Mapping[int, int] = DEFAULT_SEQUENCES, seed: int = 0
+) -> bool:
+    """True if ``root`` holds a finished dataset generated with these arguments."""
+    root = Path(root)
+    try:
+        marker = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker == _marker_content(_check(sequences, None), seed) and _files_present(
+        root, sequences
+    )
+
+
+def _one(root: str, seq: int, frames: int, seed: int) -> int:
+    write_sequence(Path(root), seq, frames, seed)
+    return seq
+
+
+def generate_dataset(
+    root: str | Path,
+    sequences: Mapping[int, int] = DEFAULT_SEQUENCES,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
+    """Generate the dataset into ``root`` (overwriting its sequences) and return ``root``.
+
+    Sequences run in a process pool of ``workers`` (default: CPU count, at most the number of
+    sequences); each is deterministic on its own, so the bytes do not depend on ``workers``.
+    """
+    seqs = _check(sequences, workers)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).unlink(missing_ok=True)
+    for seq in seqs:
+        shutil.rmtree(root / "sequences" / f"{seq:02d}", ignore_errors=True)
+    n_workers = min(workers or os.cpu_count() or 1, len(seqs))
+    order = sorted(seqs, key=lambda k: -seqs[k])  # longest first balances the pool
+    bar = _progress(progress)
+    with bar:
+        task = None if isinstance(bar, _NoBar) else bar.add_task("synthetic LiDAR", total=len(seqs))
+        if n_workers == 1:
+            for seq in order:
+                _one(str(root), seq, seqs[seq], seed)
+                if task is not None:
+                    bar.advance(task)
+        else:
+            with ProcessPoolExecutor(n_workers) as pool:
+                futures = [pool.submit(_one, str(root), s, seqs[s], seed) for s in order]
+                for fut in as_completed(futures):
+                    fut.result()
+                    if task is not None:
+                        bar.advance(task)
+    (root / MARKER).write_text(json.dumps(_marker_content(seqs, seed), indent=2) + "\n")
+    return root
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "sequences",
+        TimeElapsedColumn(),
+    )
+
+
+def ensure_dataset(
+    root: str | Path,
+    sequences: Mapping[int, int] = DEFAULT_SEQUENCES,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
+    """Return ``root``, generating the dataset first unless a complete one with the same seed,
+    sequences and generator version is already there."""
+    root = Path(root)
+    if is_complete(root, sequences, seed):
+        return root
+    return generate_dataset(root, sequences, seed, progress, workers)

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Build the embedded synthetic LiDAR dataset (SemanticKITTI layout).
+
+    python scripts/make_synthetic_dataset.py                         # data/synthetic_kitti
+    python scripts/make_synthetic_dataset.py --frames 50 --sequences 6 --force
+
+Reuses a complete dataset with the same arguments unless --force. ``--frames`` sets the frames
+per training sequence (validation and test get half as many, as in the default layout);
+``--sequences`` the number of training sequences (then one validation and one test sequence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pcseg import PROJECT_ROOT
+from pcseg.data.synthetic import (
+    DEFAULT_SEQUENCES,
+    DEFAULT_SPLIT,
+    ensure_dataset,
+    generate_dataset,
+)
+
+
+def sequences_for(n_train: int, frames: int) -> dict[int, int]:
+    """Sequence id -> frames: ``n_train`` training sequences of ``frames`` frames, then one
+    validation and one test sequence scaled like the defaults (12/25 of ``frames``)."""
+    if n_train < 1:
+        raise ValueError(f"--sequences must be >= 1, got {n_train}")
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    train_frames = DEFAULT_SEQUENCES[DEFAULT_SPLIT["train"][0]]
+    other = max(1, round(frames * DEFAULT_SEQUENCES[DEFAULT_SPLIT["valid"][0]] / train_frames))
+    seqs = dict.fromkeys(range(n_train), frames)
+    seqs[n_train] = other
+    seqs[n_train + 1] = other
+    return seqs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("data/synthetic_kitti"),
+        help="output folder; relative paths are taken from the repository root",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    default_frames = DEFAULT_SEQUENCES[DEFAULT_SPLIT["train"][0]]
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=default_frames,
+        help=f"frames per training sequence (default {default_frames})",
+    )
+    p.add_argument(
+        "--sequences",
+        type=int,
+        default=len(DEFAULT_SPLIT["train"]),
+        help="number of training sequences (plus one validation, one test)",
+    )
+    p.add_argument("--force", action="store_true", help="regenerate even if complete")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        seqs = sequences_for(args.sequences, args.frames)
+    except ValueError as e:
+        p.error(str(e))
+    if args.workers is not None and args.workers < 1:
+        p.error(f"--workers must be >= 1, got {args.workers}")
+    root = args.root if args.root.is_absolute() else PROJECT_ROOT / args.root
+    start = time.perf_counter()
+    make = generate_dataset if args.force else ensure_dataset
+    make(root, seqs, seed=args.seed, progress=not args.quiet, workers=args.workers)
+    n_train = args.sequences
+    print(
+        f"synthetic dataset at {root}: {sum(seqs.values())} scans in {len(seqs)} sequences "
+        f"(train {list(range(n_train))}, valid [{n_train}], test [{n_train + 1}]), "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
