@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
 # Create or refresh .venv for pcseg. Called by the Makefile when .venv is missing or
 # pyproject.toml changed. Chooses the Open3D wheel by the machine: `open3d` (CUDA build)
-# where nvidia-smi works, `open3d-cpu` otherwise. Both need the system library libusb-1.0.
+# where nvidia-smi works, `open3d-cpu` otherwise. Both need the system library libusb-1.0
+# (and EGL/Mesa to render PNGs without a display).
 set -euo pipefail
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 
-have_libusb() { ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; }
-
-if ! have_libusb; then
+# Shared libraries Open3D loads (libusb for import; EGL/GL/Mesa for headless PNG rendering)
+# and the Debian packages that provide them.
+declare -A SYSTEM_LIBS=(
+    [libusb-1.0.so.0]=libusb-1.0-0
+    [libgomp.so.1]=libgomp1
+    [libEGL.so.1]=libegl1
+    [libGL.so.1]=libgl1
+    [libEGL_mesa.so.0]=libegl-mesa0
+    [libgbm.so.1]=libgbm1
+)
+missing=()
+for lib in "${!SYSTEM_LIBS[@]}"; do
+    ldconfig -p 2>/dev/null | grep -q "$lib" || missing+=("${SYSTEM_LIBS[$lib]}")
+done
+if ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then missing+=(libgl1-mesa-dri); fi
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        echo "[bootstrap] installing system library libusb-1.0 (needed by Open3D)"
+        echo "[bootstrap] installing system libraries for Open3D: ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "[bootstrap] Open3D needs the system library libusb-1.0, which is missing." >&2
-        echo "[bootstrap] Install it, then run make again:  sudo apt-get install -y libusb-1.0-0" >&2
+        echo "[bootstrap] Open3D needs system libraries that are missing: ${missing[*]}" >&2
+        echo "[bootstrap] Install them, then run make again:" >&2
+        echo "    sudo apt-get install -y ${missing[*]}" >&2
         exit 1
     fi
 fi
