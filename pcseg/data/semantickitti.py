@@ -82,7 +82,7 @@ class SemanticKITTIDataset(Dataset):
         feat (V, C) float32    features named by ``features``;
         label (V,) int64       training ids (voxel majority), absent without ground truth;
         inverse (P,) int64     for each of the P original points, its row in coord;
-        meta dict              sequence, frame, scan path, number of original points.
+        meta dict              sequence, frame, scan and label paths, original point count.
 
     Args:
         root: dataset root.
@@ -150,6 +150,7 @@ class SemanticKITTIDataset(Dataset):
                 "sequence": rec.sequence,
                 "frame": rec.frame,
                 "scan_path": str(rec.scan_path),
+                "label_path": str(rec.label_path) if rec.label_path else None,
                 "num_points": int(xyz.shape[0]),
             },
         }

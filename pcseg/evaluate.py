@@ -1,0 +1,117 @@
+"""``evaluate(cfg)``: score a checkpoint the benchmark's way, at full resolution; optionally
+export SemanticKITTI submission files. ``evaluate.py`` is its CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import Progress
+
+import pcseg.config  # noqa: F401  (registers the config resolvers)
+from pcseg.data.io import read_labels
+from pcseg.metrics import SemanticKITTIIoU, iou_table, metrics_to_dict, save_confusion_png
+from pcseg.predict import full_resolution_predictions, verify_submission, write_submission
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing or was not written by pcseg's train()."""
+
+
+def load_run(ckpt_path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
+    """Read a checkpoint and the composed config stored in it by ``train()``."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "pcseg_config" not in ckpt:
+        raise CheckpointError(
+            f"{path}: no 'pcseg_config' in the checkpoint (not saved by train.py)"
+        )
+    return OmegaConf.create(ckpt["pcseg_config"]), ckpt
+
+
+def _data_config(run_cfg: DictConfig, overrides: DictConfig) -> DictConfig:
+    data_cfg = run_cfg.data.copy()
+    for key in ("root", "batch_size", "num_workers"):
+        if overrides.get(key) is not None:
+            data_cfg[key] = overrides[key]
+    data_cfg.generate = bool(data_cfg.get("generate")) and overrides.get("root") is None
+    return data_cfg
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.data.split``; returns the metrics dict (empty when
+    the split has no labels). Writes ``metrics.json`` and ``confusion.png`` into
+    ``cfg.paths.output_dir`` and, with ``export=true``, the submission tree."""
+    run_cfg, ckpt = load_run(cfg.ckpt_path)
+    datamodule = instantiate(_data_config(run_cfg, cfg.data))
+    datamodule.prepare_data()
+    split = str(cfg.data.split)
+    dataset = datamodule.dataset(split)
+    loader = datamodule._loader(split, datamodule.val_batch_size, shuffle=False)
+
+    model = instantiate(run_cfg.model)
+    model.load_state_dict(ckpt["state_dict"])
+    device = _device(cfg.get("device", "auto"))
+    model.to(device).eval()
+    label_map = model.label_map
+
+    metric = SemanticKITTIIoU(label_map.num_classes, label_map.ignore_index).to(device)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_dir = Path(cfg.export_dir) if cfg.get("export") else None
+    has_labels = False
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"evaluating {split}", total=len(dataset))
+        for batch in loader:
+            batch = batch.to(device)
+            pred = model(batch).argmax(dim=1)
+            for meta, full in zip(
+                batch.meta, full_resolution_predictions(pred, batch), strict=True
+            ):
+                if meta.get("label_path"):
+                    semantic, _ = read_labels(meta["label_path"], num_points=meta["num_points"])
+                    target = label_map.to_train(semantic, meta["label_path"])
+                    metric.update(
+                        torch.from_numpy(full).to(device), torch.from_numpy(target).to(device)
+                    )
+                    has_labels = True
+                if export_dir is not None:
+                    write_submission(export_dir, meta["sequence"], meta["frame"], full, label_map)
+            progress.advance(task, batch.num_clouds)
+
+    console = Console()
+    metrics: dict[str, Any] = {}
+    if has_labels:
+        result = metric.compute()
+        names = label_map.class_names
+        console.print(iou_table(result, names, title=f"{split}: {cfg.ckpt_path}"))
+        metrics = metrics_to_dict(result, names)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        save_confusion_png(result.confusion, names, out_dir / "confusion.png")
+        console.print(
+            f"metrics: {out_dir / 'metrics.json'}, confusion matrix: {out_dir / 'confusion.png'}"
+        )
+    else:
+        console.print(f"split '{split}' has no labels: no metrics computed")
+    if export_dir is not None:
+        summary = verify_submission(export_dir, datamodule.root, datamodule.sequences(split))
+        console.print(f"submission written and verified: {export_dir} ({summary})")
+    return metrics

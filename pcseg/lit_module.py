@@ -1,0 +1,165 @@
+"""LightningModule: neighbours + forward, loss, IoU metric, optimiser and schedule, logging."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from pcseg.data.labels import LabelMap, load_label_map
+from pcseg.metrics import SemanticKITTIIoU
+from pcseg.structures import PointBatch
+
+
+def class_weights_from_content(label_map: LabelMap, power: float = 0.5) -> torch.Tensor:
+    """(num_classes,) loss weights from the label yaml's class frequencies (``content``),
+    ``1 / freq**power`` normalised to mean 1 over the trained classes; 0 for the ignored class.
+
+    The square root (power 0.5) lifts rare classes (pole, sign, person) without letting their
+    few points dominate the loss."""
+    freq = np.zeros(label_map.num_classes)
+    for raw, share in label_map.content.items():
+        freq[label_map.learning_map[raw]] += share
+    weights = np.zeros(label_map.num_classes)
+    trained = np.arange(label_map.num_classes) != label_map.ignore_index
+    weights[trained] = 1.0 / np.maximum(freq[trained], 1e-6) ** power
+    weights[trained] /= weights[trained].mean()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains a point-wise segmentation network on ``PointBatch`` batches.
+
+    Args:
+        net: module mapping a ``PointBatch`` to logits (N, num_classes).
+        optimizer: ``_partial_`` optimiser factory (params -> Optimizer).
+        scheduler: ``_partial_`` schedule factory (optimizer, total_steps) -> LR scheduler,
+            stepped every optimiser step; None for a constant rate.
+        label_config: label yaml path (None: SemanticKITTI).
+        class_weights: None (plain cross-entropy) or "content" (from the yaml's frequencies).
+        log_images: validation scans rendered to bird's-eye-view images per epoch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        label_config: str | None = None,
+        class_weights: str | None = None,
+        log_images: int = 2,
+    ) -> None:
+        super().__init__()
+        # Factories stay out of the checkpoint's hparams so checkpoints load with
+        # torch.load(weights_only=True); the full run config is stored separately.
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_map = load_label_map(label_config)
+        self.ignore_index = self.label_map.ignore_index
+        weight = None
+        if class_weights == "content":
+            weight = class_weights_from_content(self.label_map)
+        elif class_weights is not None:
+            raise ValueError(f"class_weights must be null or 'content', got {class_weights!r}")
+        self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=self.ignore_index)
+        kw = {"num_classes": self.label_map.num_classes, "ignore_index": self.ignore_index}
+        self.val_iou = SemanticKITTIIoU(**kw)
+        self.test_iou = SemanticKITTIIoU(**kw)
+        self._step_start = 0.0
+        #: Result of the last validation/test epoch (for the end-of-training table).
+        self.last_result = None
+        #: The composed run config, stored in checkpoints so evaluation can rebuild the run.
+        self.run_config: dict | None = None
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        return self.net(batch)
+
+    def on_train_batch_start(self, batch: PointBatch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: PointBatch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.criterion(logits, batch.label)
+        n = batch.num_clouds
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: PointBatch, batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._step_start
+        if elapsed > 0:
+            self.log("train/points_per_s", batch.coord.shape[0] / elapsed, batch_size=1)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+
+    def _eval_step(self, batch: PointBatch, metric: SemanticKITTIIoU, stage: str) -> torch.Tensor:
+        logits = self(batch)
+        loss = self.criterion(logits, batch.label)
+        pred = logits.argmax(dim=1)
+        metric.update(pred, batch.label)
+        self.log(f"{stage}/loss", loss, batch_size=batch.num_clouds, sync_dist=True)
+        return pred
+
+    def validation_step(self, batch: PointBatch, batch_idx: int) -> None:
+        pred = self._eval_step(batch, self.val_iou, "val")
+        if batch_idx * batch.num_clouds < self.hparams.log_images:
+            self._log_bev(batch, pred, batch_idx)
+
+    def test_step(self, batch: PointBatch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_iou, "test")
+
+    def _log_iou(self, metric: SemanticKITTIIoU, stage: str) -> None:
+        result = metric.compute()
+        self.last_result = result
+        self.log(f"{stage}/miou", float(result.miou), prog_bar=True)
+        self.log(f"{stage}/miou_present", float(result.miou_present))
+        self.log(f"{stage}/acc", float(result.acc))
+        names = self.label_map.class_names
+        for class_id, iou in zip(result.class_ids.tolist(), result.iou.tolist(), strict=True):
+            self.log(f"{stage}/iou/{names[class_id]}", iou)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_iou(self.val_iou, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_iou(self.test_iou, "test")
+
+    def _log_bev(self, batch: PointBatch, pred: torch.Tensor, batch_idx: int) -> None:
+        """Bird's-eye views (prediction | error) of the first clouds to TensorBoard."""
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image") or batch.label is None:
+            return
+        from pcseg.vis.bev import bev_panel
+
+        rows = batch.cloud(0)
+        image = bev_panel(
+            batch.coord[rows].cpu().numpy(),
+            pred[rows].cpu().numpy(),
+            batch.label[rows].cpu().numpy(),
+            self.label_map,
+        )
+        experiment.add_image(f"val/bev_{batch_idx}", image, self.global_step, dataformats="HWC")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["pcseg_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.run_config = checkpoint.get("pcseg_config", self.run_config)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,122 @@
+"""The segmentation network of Wang et al. (CVPR 2018): deep continuous-conv residual blocks.
+
+Input features are lifted by a linear layer; a stack of residual blocks (continuous conv,
+BatchNorm, ReLU, skip) runs over the K-nearest-neighbour window of every point, with the
+neighbours searched ONCE per forward pass and shared by all layers; the outputs of all blocks
+are concatenated with a max-pooled feature of each cloud and classified point by point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pcseg.nn.continuous_conv import ContinuousConv
+from pcseg.ops import knn
+from pcseg.structures import PointBatch, offset_to_batch
+
+
+class ResidualContinuousBlock(nn.Module):
+    """h -> h + ReLU(BN(ContinuousConv(h))), same width in and out.
+
+    The residual path lets 8+ layers train from scratch, as in the paper.
+    """
+
+    def __init__(
+        self, channels: int, kernel_hidden: Sequence[int], kernel: str, normalize: bool = True
+    ) -> None:
+        super().__init__()
+        self.conv = ContinuousConv(
+            channels,
+            channels,
+            kernel_hidden=tuple(kernel_hidden),
+            kernel=kernel,
+            normalize=normalize,
+        )
+        self.norm = nn.BatchNorm1d(channels)
+
+    def forward(self, feat: torch.Tensor, coord: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """feat (N, C), coord (N, 3) scaled positions, idx (N, K) -> (N, C)."""
+        return feat + torch.relu(self.norm(self.conv(feat, coord, coord, idx)))
+
+
+def segment_max(values: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Max over each cloud: values (N, C), offset (B,) -> (B, C). Differentiable."""
+    batch = offset_to_batch(offset)
+    out = values.new_full((offset.shape[0], values.shape[1]), float("-inf"))
+    out = out.scatter_reduce(
+        0, batch[:, None].expand_as(values), values, reduce="amax", include_self=True
+    )
+    return torch.nan_to_num(out, neginf=0.0)
+
+
+class PCCN(nn.Module):
+    """Parametric continuous convolution network for point-wise semantic segmentation.
+
+    Args:
+        in_channels: input feature width C_in (see ``pcseg.data.features``).
+        num_classes: logits per point (20 for SemanticKITTI, class 0 ignored by the loss).
+        width: channels of every continuous-conv layer.
+        depth: number of residual continuous-conv blocks (the paper uses 8).
+        k: neighbours per point (the KNN locality window).
+        kernel: "full" (an MLP emits a C x C matrix per neighbour, evaluated factorised) or
+            "separable" (MLP emits C values, one shared C x C matrix; cheaper).
+        kernel_hidden: hidden widths of the kernel MLP.
+        kernel_scale: metres; relative offsets are divided by it so the kernel MLP sees O(1)
+            inputs whatever the voxel size.
+        head_hidden: widths of the point-wise classifier MLP.
+        dropout: dropout before the last classifier layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        width: int = 32,
+        depth: int = 8,
+        k: int = 16,
+        kernel: str = "separable",
+        kernel_hidden: Sequence[int] = (16, 32),
+        kernel_scale: float = 1.0,
+        head_hidden: Sequence[int] = (128, 64),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or k < 1 or width < 1:
+            raise ValueError(f"depth, k and width must be >= 1, got {depth}, {k}, {width}")
+        self.k = k
+        self.kernel_scale = float(kernel_scale)
+        self.input_norm = nn.BatchNorm1d(in_channels)
+        self.stem = nn.Sequential(
+            nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()
+        )
+        self.blocks = nn.ModuleList(
+            ResidualContinuousBlock(width, kernel_hidden, kernel) for _ in range(depth)
+        )
+        concat = width * depth
+        layers: list[nn.Module] = []
+        prev = 2 * concat  # block outputs + their per-cloud max
+        for h in head_hidden:
+            layers += [nn.Linear(prev, h, bias=False), nn.BatchNorm1d(h), nn.ReLU()]
+            prev = h
+        layers += [nn.Dropout(dropout), nn.Linear(prev, num_classes)]
+        self.head = nn.Sequential(*layers)
+
+    def neighbours(self, batch: PointBatch) -> torch.Tensor:
+        """(N, K) int64 indices of each point's K nearest neighbours within its own cloud."""
+        return knn(batch.coord, batch.coord, self.k, batch.offset, batch.offset).idx
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
+        idx = self.neighbours(batch)
+        coord = batch.coord / self.kernel_scale
+        h = self.stem(self.input_norm(batch.feat))
+        outputs = []
+        for block in self.blocks:
+            h = block(h, coord, idx)
+            outputs.append(h)
+        local = torch.cat(outputs, dim=1)
+        pooled = segment_max(local, batch.offset)[offset_to_batch(batch.offset)]
+        return self.head(torch.cat([local, pooled], dim=1))
