@@ -18,7 +18,7 @@ def warmup_cosine(
     """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to
     ``final_ratio`` x the base learning rate."""
     total_steps = max(int(total_steps), 1)
-    warmup = max(int(round(warmup_fraction * total_steps)), 1)
+    warmup = max(round(warmup_fraction * total_steps), 1)
 
     def factor(step: int) -> float:
         if step < warmup:
