@@ -70,7 +70,7 @@ def _methods(points: np.ndarray, offset: np.ndarray, k: int) -> dict[str, Callab
     from scipy.spatial import cKDTree
 
     methods: dict[str, Callable[[], Any]] = {
-        "scipy cKDTree (workers=-1)": lambda: _per_cloud(
+        "cKDTree (workers=-1)": lambda: _per_cloud(
             points, offset, lambda p: cKDTree(p).query(p, k=k, workers=-1)
         ),
         "pykdtree": lambda: _per_cloud(points, offset, lambda p: KDTree(p).query(p, k=k)),
@@ -83,7 +83,7 @@ def _methods(points: np.ndarray, offset: np.ndarray, k: int) -> dict[str, Callab
             CPU_BRUTEFORCE_MAX_PAIRS
         ):
             continue
-        methods[f"pcseg knn {name} (cpu)"] = lambda n=name: knn(pts, pts, k, off, off, backend=n)
+        methods[f"ours: {name} (cpu)"] = lambda n=name: knn(pts, pts, k, off, off, backend=n)
     if torch.cuda.is_available():
         cuda_pts, cuda_off = pts.cuda(), off.cuda()
 
@@ -96,7 +96,7 @@ def _methods(points: np.ndarray, offset: np.ndarray, k: int) -> dict[str, Callab
             return run
 
         for name in available_backends("cuda"):
-            methods[f"pcseg knn {name} (cuda)"] = on_cuda(name)
+            methods[f"ours: {name} (cuda)"] = on_cuda(name)
     return methods
 
 
@@ -131,7 +131,7 @@ def run_knn_benchmark(
                     methods[name]()
                     times[name].append(time.perf_counter() - t0)
                     progress.advance(task)
-            ckd = statistics.median(times["scipy cKDTree (workers=-1)"])
+            ckd = statistics.median(times["cKDTree (workers=-1)"])
             pyk = statistics.median(times["pykdtree"])
             for name, ts in times.items():
                 med = statistics.median(ts)
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     console.print(
         f"torch threads: {torch.get_num_threads()}, OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, auto backend on cpu: "

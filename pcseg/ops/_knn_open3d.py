@@ -4,7 +4,8 @@ CPU: one batched call; the clouds travel as row splits (``[0, *offset]``), Open3
 nanoflann tree per cloud and returns a ragged list (fewer than K neighbours where a cloud is
 small, none for an empty cloud), which is scattered here into the padded (M, K) layout.
 CUDA: ``open3d.ml.torch.ops.knn_search`` has no CUDA kernel, so the CUDA build of ``open3d``
-is used through ``open3d.core.nns.NearestNeighborSearch`` per cloud, zero-copy via DLPack.
+is used through ``open3d.core.nns.NearestNeighborSearch`` per cloud, zero-copy via DLPack
+(``_knn_open3d_core``; device-generic, so the tests run it on CPU where no GPU is present).
 Open3D's L2 distances are already squared.
 """
 
@@ -78,13 +79,14 @@ def _knn_open3d_cpu(
     )
 
 
-def _knn_open3d_cuda(
+def _knn_open3d_core(
     query: torch.Tensor,
     support: torch.Tensor,
     k: int,
     query_offset: torch.Tensor,
     support_offset: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``open3d.core.nns`` per cloud, on the tensors' own device (CUDA in production)."""
     import open3d.core as o3c
     from torch.utils.dlpack import from_dlpack, to_dlpack
 
@@ -114,6 +116,6 @@ def knn_open3d(
     support_offset: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """query (M, 3), support (N, 3), offsets (B,) int64 -> idx (M, k) int64, dist2 (M, k)."""
-    fn = _knn_open3d_cpu if query.device.type == "cpu" else _knn_open3d_cuda
+    fn = _knn_open3d_cpu if query.device.type == "cpu" else _knn_open3d_core
     idx, dist2 = fn(query, support, k, query_offset, support_offset)
     return order_ties(idx, dist2)

@@ -203,6 +203,18 @@ def test_k_one_and_empty_inputs(backend: str) -> None:
     check_against_naive(res, pts[30:], pts, 4, q_off, s_off, exact_ties=backend == "bruteforce")
 
 
+@pytest.mark.skipif("open3d" not in CPU_BACKENDS, reason="open3d is not installed")
+def test_open3d_core_path_of_cuda_backend_on_cpu() -> None:
+    # The CUDA backend goes through open3d.core.nns + DLPack; the same code runs on CPU here.
+    from pcseg.ops._knn_common import order_ties
+    from pcseg.ops._knn_open3d import _knn_open3d_core
+
+    support, s_off = ragged([60, 3, 0, 150], seed=14)
+    query, q_off = ragged([25, 5, 4, 30], seed=15)
+    res = KNNResult(*order_ties(*_knn_open3d_core(query, support, 8, q_off, s_off)))
+    check_against_naive(res, query, support, 8, q_off, s_off, exact_ties=False)
+
+
 def test_bruteforce_tiles_match_one_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     pts, off = ragged([200, 90], seed=8)
     whole = knn(pts, pts, 7, off, off, backend="bruteforce")
