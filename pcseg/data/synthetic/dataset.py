@@ -8,6 +8,7 @@ different one (regenerated).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from pcseg.data.synthetic.sensor import LidarConfig
 from pcseg.data.synthetic.sequence import write_sequence
 
 #: sequence id -> number of frames: four training sequences, one validation, one test
@@ -44,12 +46,15 @@ def _check(sequences: Mapping[int, int], workers: int | None) -> dict[int, int]:
     return out
 
 
-def _marker_content(sequences: Mapping[int, int], seed: int) -> dict:
-    return {
+def _marker_content(sequences: Mapping[int, int], seed: int, lidar: LidarConfig | None) -> dict:
+    content = {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "sequences": {f"{k:02d}": v for k, v in sorted(sequences.items())},
     }
+    if lidar is not None and lidar != LidarConfig():
+        content["lidar"] = json.loads(json.dumps(dataclasses.asdict(lidar)))
+    return content
 
 
 def _files_present(root: Path, sequences: Mapping[int, int]) -> bool:
@@ -65,7 +70,10 @@ def _files_present(root: Path, sequences: Mapping[int, int]) -> bool:
 
 
 def is_complete(
-    root: str | Path, sequences: Mapping[int, int] = DEFAULT_SEQUENCES, seed: int = 0
+    root: str | Path,
+    sequences: Mapping[int, int] = DEFAULT_SEQUENCES,
+    seed: int = 0,
+    lidar: LidarConfig | None = None,
 ) -> bool:
     """True if ``root`` holds a finished dataset generated with these arguments."""
     root = Path(root)
@@ -73,13 +81,13 @@ def is_complete(
         marker = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return marker == _marker_content(_check(sequences, None), seed) and _files_present(
+    return marker == _marker_content(_check(sequences, None), seed, lidar) and _files_present(
         root, sequences
     )
 
 
-def _one(root: str, seq: int, frames: int, seed: int) -> int:
-    write_sequence(Path(root), seq, frames, seed)
+def _one(root: str, seq: int, frames: int, seed: int, lidar: LidarConfig | None) -> int:
+    write_sequence(Path(root), seq, frames, seed, lidar)
     return seq
 
 
@@ -89,11 +97,13 @@ def generate_dataset(
     seed: int = 0,
     progress: bool = True,
     workers: int | None = None,
+    lidar: LidarConfig | None = None,
 ) -> Path:
     """Generate the dataset into ``root`` (overwriting its sequences) and return ``root``.
 
     Sequences run in a process pool of ``workers`` (default: CPU count, at most the number of
     sequences); each is deterministic on its own, so the bytes do not depend on ``workers``.
+    ``lidar``: sensor parameters (default: the full HDL-64E; smaller ones make fast tests).
     """
     seqs = _check(sequences, workers)
     root = Path(root)
@@ -108,17 +118,17 @@ def generate_dataset(
         task = None if isinstance(bar, _NoBar) else bar.add_task("synthetic LiDAR", total=len(seqs))
         if n_workers == 1:
             for seq in order:
-                _one(str(root), seq, seqs[seq], seed)
+                _one(str(root), seq, seqs[seq], seed, lidar)
                 if task is not None:
                     bar.advance(task)
         else:
             with ProcessPoolExecutor(n_workers) as pool:
-                futures = [pool.submit(_one, str(root), s, seqs[s], seed) for s in order]
+                futures = [pool.submit(_one, str(root), s, seqs[s], seed, lidar) for s in order]
                 for fut in as_completed(futures):
                     fut.result()
                     if task is not None:
                         bar.advance(task)
-    (root / MARKER).write_text(json.dumps(_marker_content(seqs, seed), indent=2) + "\n")
+    (root / MARKER).write_text(json.dumps(_marker_content(seqs, seed, lidar), indent=2) + "\n")
     return root
 
 
@@ -150,10 +160,11 @@ def ensure_dataset(
     seed: int = 0,
     progress: bool = True,
     workers: int | None = None,
+    lidar: LidarConfig | None = None,
 ) -> Path:
     """Return ``root``, generating the dataset first unless a complete one with the same seed,
-    sequences and generator version is already there."""
+    sequences, sensor and generator version is already there."""
     root = Path(root)
-    if is_complete(root, sequences, seed):
+    if is_complete(root, sequences, seed, lidar):
         return root
-    return generate_dataset(root, sequences, seed, progress, workers)
+    return generate_dataset(root, sequences, seed, progress, workers, lidar)

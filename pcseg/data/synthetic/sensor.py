@@ -251,6 +251,9 @@ def simulate_scan(
 
     idx = np.flatnonzero(keep)
     xyz = offsets[idx] + local[idx] * r_noisy[idx, None]
+    dist = np.linalg.norm(xyz, axis=1)  # what a user measures: from the sensor origin
+    inside = (dist >= cfg.min_range) & (dist <= cfg.max_range)
+    idx, xyz = idx[inside], xyz[inside]
     return Scan(
         xyz.astype(np.float32),
         np.round(rem[idx], 2).astype(np.float32),

@@ -1,0 +1,272 @@
+"""The synthetic LiDAR dataset: determinism, layout, readability, realism bounds, motion,
+class coverage and the reuse logic of ensure_dataset. Small sensors keep it fast; a few
+full-resolution scans check the HDL-64E numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcseg import PROJECT_ROOT
+from pcseg.data.io import read_labels, read_scan
+from pcseg.data.labels import load_label_map
+from pcseg.data.synthetic import (
+    DEFAULT_SEQUENCES,
+    DEFAULT_SPLIT,
+    LAYOUTS,
+    MARKER,
+    DatasetSpecError,
+    LidarConfig,
+    SensorConfigError,
+    build_scene,
+    ensure_dataset,
+    generate_dataset,
+    is_complete,
+    scene_for,
+    simulate_sequence,
+)
+from pcseg.data.synthetic.scene import LayoutError
+from pcseg.data.synthetic.sequence import TR_VELO_TO_CAM
+
+SMALL = LidarConfig(n_beams=16, n_azimuth=360)
+SMALL_SEQS = {0: 3, 2: 2}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("syn") / "a"
+    return generate_dataset(root, SMALL_SEQS, seed=3, progress=False, workers=1, lidar=SMALL)
+
+
+@pytest.fixture(scope="module")
+def full_scans() -> dict[str, list]:
+    """Frames 0 and 6 of one sequence per layout at full resolution, with their poses."""
+    out = {}
+    for seq, layout in enumerate(LAYOUTS):
+        out[layout] = list(simulate_sequence(seq, 8, seed=0, frame_ids=[0, 6]))
+    return out
+
+
+def test_default_split_matches_sequences():
+    assert sorted(s for ids in DEFAULT_SPLIT.values() for s in ids) == sorted(DEFAULT_SEQUENCES)
+    assert set(DEFAULT_SPLIT) == {"train", "valid", "test"}
+
+
+def test_same_seed_same_bytes_other_seed_differs(small_root, tmp_path):
+    again = generate_dataset(
+        tmp_path / "b", SMALL_SEQS, seed=3, progress=False, workers=2, lidar=SMALL
+    )
+    other = generate_dataset(
+        tmp_path / "c", SMALL_SEQS, seed=4, progress=False, workers=1, lidar=SMALL
+    )
+    a, b, c = _files(small_root), _files(again), _files(other)
+    assert a.keys() == b.keys() == c.keys()
+    assert a == b, "same seed (and another worker count) must give byte-identical files"
+    differ = [k for k in a if k.endswith(".bin") and a[k] != c[k]]
+    assert len(differ) == sum(SMALL_SEQS.values())
+
+
+def test_layout_poses_times_calib(small_root):
+    marker = json.loads((small_root / MARKER).read_text())
+    assert marker["seed"] == 3 and marker["sequences"] == {"00": 3, "02": 2}
+    for seq, frames in SMALL_SEQS.items():
+        folder = small_root / "sequences" / f"{seq:02d}"
+        for f in range(frames):
+            assert (folder / "velodyne" / f"{f:06d}.bin").is_file()
+            assert (folder / "labels" / f"{f:06d}.label").is_file()
+        poses = np.loadtxt(folder / "poses.txt", ndmin=2)
+        times = np.loadtxt(folder / "times.txt", ndmin=1)
+        assert poses.shape == (frames, 12) and times.shape == (frames,)
+        np.testing.assert_allclose(np.diff(times), 0.1, atol=1e-9)
+        calib = {}
+        for line in (folder / "calib.txt").read_text().splitlines():
+            key, values = line.split(":")
+            calib[key] = np.array(values.split(), dtype=float)
+        assert sorted(calib) == ["P0", "P1", "P2", "P3", "Tr"]
+        assert all(v.shape == (12,) for v in calib.values())
+        tr = np.vstack([calib["Tr"].reshape(3, 4), [0, 0, 0, 1]])
+        np.testing.assert_allclose(tr, TR_VELO_TO_CAM, atol=1e-9)
+        np.testing.assert_allclose(poses[0], np.eye(4)[:3].ravel(), atol=1e-9)
+        # camera poses -> velodyne motion: the ego drives forward 0.5-1.5 m per frame
+        for f in range(1, frames):
+            cam = np.vstack([poses[f].reshape(3, 4), [0, 0, 0, 1]])
+            velo = np.linalg.inv(tr) @ cam @ tr
+            step = np.linalg.norm(velo[:3, 3]) / f
+            assert 0.5 <= step <= 1.5
+            assert velo[0, 3] > 0  # forward is +x of the first velodyne frame
+
+
+def test_every_scan_reads_back_and_maps(small_root):
+    lm = load_label_map()
+    n = 0
+    for scan in sorted(small_root.glob("sequences/*/velodyne/*.bin")):
+        xyz, rem = read_scan(scan)
+        label_path = scan.parent.parent / "labels" / (scan.stem + ".label")
+        sem, _ = read_labels(label_path, num_points=len(xyz))
+        train = lm.to_train(sem, label_path)
+        assert train.min() >= 0 and train.max() < lm.num_classes
+        assert 0.0 <= rem.min() and rem.max() <= 1.0
+        n += 1
+    assert n == sum(SMALL_SEQS.values())
+
+
+def test_full_resolution_scans_look_like_hdl64(full_scans):
+    cfg = LidarConfig()
+    for layout, frames in full_scans.items():
+        for _, scan, _ in frames:
+            r = np.linalg.norm(scan.xyz, axis=1)
+            assert 100_000 <= len(scan) <= 130_000, (layout, len(scan))
+            assert r.max() <= cfg.max_range + 1e-3
+            # ego car masked: nothing on the car's body (below the sensor, within its footprint;
+            # branches above the roof are fine), nothing closer than the minimum range
+            x, y, z = scan.xyz.T
+            on_car = (np.abs(x) < 2.3) & (np.abs(y) < 0.9) & (z < -0.2)
+            assert not on_car.any() and r.min() >= cfg.min_range
+            el = np.degrees(np.arcsin(scan.xyz[:, 2] / r))
+            assert -27 < np.percentile(el, 0.5) and np.percentile(el, 99.5) < 5
+            assert 0.0 <= scan.remission.min() and scan.remission.max() <= 1.0
+            assert 0.15 < np.median(scan.remission) < 0.45
+            assert -2.2 < np.median(z) < -1.0  # most points on the ground ~1.73 m below
+
+
+def test_class_coverage_and_raw_ids(full_scans):
+    lm = load_label_map()
+    present: set[int] = set()
+    raw: set[int] = set()
+    for frames in full_scans.values():
+        for _, scan, _ in frames:
+            present |= set(np.unique(lm.to_train(scan.semantic)).tolist())
+            raw |= set(np.unique(scan.semantic).tolist())
+    learning = present - {0}
+    assert len(learning) >= 15, sorted(lm.class_names[c] for c in learning)
+    # ids the learning map folds or ignores are exercised too
+    assert {0, 1, 52, 60, 99} <= raw
+    assert raw & {252, 253, 254, 255, 257, 258, 259}
+
+
+def test_moving_objects_move_static_ones_stay(full_scans):
+    moved = 0
+    for frames in full_scans.values():
+        (_, a, pa), (_, b, pb) = frames
+
+        def world(scan, pose, inst):
+            m = scan.instance == inst
+            return (scan.xyz[m] @ pose[:3, :3].T + pose[:3, 3]).mean(0), int(m.sum())
+
+        common = set(np.unique(a.instance)) & set(np.unique(b.instance)) - {0}
+        for inst in common:
+            sem = int(np.bincount(a.semantic[a.instance == inst]).argmax())
+            ca, na = world(a, pa, inst)
+            cb, nb = world(b, pb, inst)
+            if min(na, nb) < 150:
+                continue  # few points: the visible part changes too much
+            shift = np.linalg.norm((ca - cb)[:2])
+            if sem in (10, 11, 15, 18, 20):  # parked: stays put (within visibility changes)
+                assert shift < 1.5, (sem, shift)
+            if sem in (252, 258, 259, 257):  # moving vehicles: 6 frames at >= 6 m/s
+                assert shift > 2.5, (sem, shift)
+                moved += 1
+    assert moved >= 1
+
+
+def test_scene_agents_move_between_frames():
+    scene = scene_for(0, 10, seed=0)
+    moving = [a for a in scene.agents if a.speed != 0]
+    assert moving and all(a.label >= 252 for a in moving)
+    v0, v5 = scene.dynamic(0).verts, scene.dynamic(5).verts
+    assert len(v0) and len(v5) and not np.array_equal(v0[:100], v5[:100])
+    p0 = [scene.agent_pose(a, 0) for a in moving]
+    p5 = [scene.agent_pose(a, 5) for a in moving]
+    shifts = [np.hypot(x.x - y.x, x.y - y.y) for x, y in zip(p0, p5, strict=True) if x and y]
+    assert shifts and min(shifts) > 0.4  # >= 0.9 m/s for half a second
+
+
+def test_ensure_dataset_reuses_complete_and_redoes_incomplete(tmp_path):
+    root = tmp_path / "d"
+    seqs = {1: 2}
+    ensure_dataset(root, seqs, seed=0, progress=False, lidar=SMALL)
+    marker = root / MARKER
+    scan = root / "sequences/01/velodyne/000001.bin"
+    stamp = (marker.stat().st_mtime_ns, scan.stat().st_mtime_ns)
+    assert is_complete(root, seqs, 0, SMALL)
+    ensure_dataset(root, seqs, seed=0, progress=False, lidar=SMALL)  # complete: reused
+    assert (marker.stat().st_mtime_ns, scan.stat().st_mtime_ns) == stamp
+    label = root / "sequences/01/labels/000000.label"
+    label.unlink()  # interrupted / damaged: regenerated
+    assert not is_complete(root, seqs, 0, SMALL)
+    ensure_dataset(root, seqs, seed=0, progress=False, lidar=SMALL)
+    assert label.is_file() and is_complete(root, seqs, 0, SMALL)
+    assert scan.stat().st_mtime_ns != stamp[1]
+    marker.unlink()  # no marker = generation never finished
+    ensure_dataset(root, seqs, seed=0, progress=False, lidar=SMALL)
+    assert marker.is_file()
+    assert not is_complete(root, seqs, 1, SMALL)  # another seed is another dataset
+    assert not is_complete(root, seqs, 0)  # another sensor too
+
+
+def test_bad_arguments_raise_specific_errors(tmp_path):
+    with pytest.raises(DatasetSpecError, match="frames"):
+        generate_dataset(tmp_path, {0: 0}, progress=False)
+    with pytest.raises(DatasetSpecError, match="outside"):
+        generate_dataset(tmp_path, {100: 1}, progress=False)
+    with pytest.raises(DatasetSpecError, match="workers"):
+        generate_dataset(tmp_path, {0: 1}, progress=False, workers=0)
+    with pytest.raises(SensorConfigError):
+        LidarConfig(n_beams=0)
+    with pytest.raises(LayoutError, match="unknown layout"):
+        build_scene(np.random.default_rng(0), "moon", 3)
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_cli_and_compare_script(tmp_path, small_root):
+    root = tmp_path / "cli"
+    script = PROJECT_ROOT / "scripts" / "make_synthetic_dataset.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        "--root",
+        str(root),
+        "--frames",
+        "1",
+        "--sequences",
+        "1",
+        "--quiet",
+        "--workers",
+        "1",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert str(root) in out and (root / MARKER).is_file()
+    assert sorted(p.name for p in (root / "sequences").iterdir()) == ["00", "01", "02"]
+    bad = subprocess.run([*cmd[:2], "--frames", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--frames" in bad.stderr
+    png = tmp_path / "cmp.png"
+    compare = PROJECT_ROOT / "scripts" / "compare_scans.py"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(compare),
+            "--synthetic",
+            str(small_root / "sequences/02/velodyne/000000.bin"),
+            "--real",
+            str(small_root / "sequences/00/velodyne/000000.bin"),
+            "--out",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "range m" in res.stdout and png.stat().st_size > 10_000
