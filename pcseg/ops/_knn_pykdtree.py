@@ -44,8 +44,9 @@ def knn_pykdtree(
     """
     from pykdtree.kdtree import KDTree
 
-    q_np = query.detach().numpy()
-    s_np = support.detach().numpy()
+    # pykdtree wants C-contiguous rows; a strided view such as scan[:, :3] is copied once here.
+    q_np = np.ascontiguousarray(query.detach().numpy())
+    s_np = q_np if support is query else np.ascontiguousarray(support.detach().numpy())
     ranges = cloud_ranges(query_offset, support_offset)
     m = q_np.shape[0]
     if len(ranges) == 1 and 0 < k <= s_np.shape[0] and m > 0:

@@ -188,6 +188,17 @@ def test_float64_and_single_cloud(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_strided_input_as_read_from_a_scan(backend: str) -> None:
+    # (N, 4) x, y, z, remission sliced to (N, 3): a non-contiguous view.
+    scan = torch.rand(150, 4, generator=torch.Generator().manual_seed(16))
+    xyz = scan[:, :3]
+    assert not xyz.is_contiguous()
+    res = knn(xyz, xyz, 5, backend=backend)
+    one = torch.tensor([150])
+    check_against_naive(res, xyz, xyz, 5, one, one, exact_ties=backend == "bruteforce")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_k_one_and_empty_inputs(backend: str) -> None:
     pts, off = ragged([30, 20], seed=7)
     res = knn(pts, pts, 1, off, off, backend=backend)
