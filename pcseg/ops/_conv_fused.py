@@ -1,0 +1,213 @@
+"""The fused, query-chunked continuous convolution (the fast path on CPU; works on any device).
+
+One ``torch.autograd.Function`` does the whole layer after the kernel MLP's parameters: for each
+chunk of queries it
+
+1. builds the offsets z = query_i - support_j (chunk, K, 3) and runs the MLP's hidden part,
+   phi = hidden(z), appending a ones column that carries the last layer's bias exactly and
+   zeroing padded neighbours: phi+ (chunk, K, H+1);
+2. gathers the neighbour features F (chunk, K, C) and reduces A = phi+^T F (chunk, H+1, C) with
+   one batched matmul (the gather + outer product + reduce of DESIGN.md);
+3. applies the head: ``"full"``:  out = vec(A) @ W  with W (H+1)*C_in x C_out, one dense matmul;
+   ``"separable"``: out = sum_h A[:, h, :] * W[h, :]  with W (H+1, C_out) and F = feat @ weight
+   computed once outside (the paper's separable kernel, rewritten so that the per-neighbour
+   kernel values g = phi+ W never reach memory).
+
+Why chunked: every per-neighbour tensor (z, the MLP activations, phi+, F) exists only for one
+chunk of ~512 queries (a few MiB, cache resident), and its buffers are reused across chunks.
+Nothing of size M x K is saved for backward: ctx keeps the inputs (feat, query, support, idx,
+W, the MLP's parameters) and backward recomputes z, phi+, F and A per chunk, then
+
+    grad W     += A^T g                        (full)  /  sum_i A_i * g_i   (separable)
+    grad A      = g W^T                        (full)  /  W * g_i           (separable)
+    grad phi+   = F grad A^T                   batched matmul ("a gather for the kernel values")
+    grad feat  += scatter-add of phi+ grad A   (index_add_ over the neighbour indices)
+    grad z, grad MLP params = autograd.grad(phi, ...) on the chunk (MLP recomputed with grad)
+    grad query += sum_k grad z;  grad support -= scatter-add of grad z
+
+with g = grad_out / K_i. The hidden MLP is evaluated twice (forward, then again in backward);
+it must be stateless (Linear/activation layers: no BatchNorm or Dropout) for that to be exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pcseg.ops._conv_primitives import chunk_size, chunks, split_index
+
+FULL, SEPARABLE = "full", "separable"
+
+
+class _Chunk:
+    """Per-chunk recomputation shared by forward and backward, with reusable buffers.
+
+    Buffers are allocated once for the largest chunk and sliced, so a 120k-point layer makes a
+    handful of allocations instead of thousands of fresh (page-faulting) multi-MiB ones.
+    """
+
+    def __init__(
+        self,
+        feat: torch.Tensor,
+        query: torch.Tensor,
+        support: torch.Tensor,
+        idx: torch.Tensor,
+        hidden: nn.Module,
+        h_aug: int,
+    ) -> None:
+        self.feat, self.query, self.support, self.hidden = feat, query, support, hidden
+        self.safe, self.valid = split_index(idx)
+        m, k = idx.shape
+        c = feat.shape[1]
+        self.size = chunk_size(k, c + h_aug)
+        rows = min(m, self.size)
+        kw = {"dtype": feat.dtype, "device": feat.device}
+        self.phi_buf = torch.empty(rows, k, h_aug, **kw)
+        self.f_buf = torch.empty(rows * k, c, **kw)
+        self.a_buf = torch.empty(rows, h_aug, c, **kw)
+        self.k, self.c, self.h_aug = k, c, h_aug
+
+    def offsets(self, s: int, e: int) -> torch.Tensor:
+        """z = query_i - support_j for the chunk: (n, K, 3)."""
+        safe = self.safe[s:e]
+        nbr = self.support.index_select(0, safe.reshape(-1)).view(e - s, self.k, 3)
+        return self.query[s:e].unsqueeze(1) - nbr
+
+    def phi_aug(self, phi: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        """[phi, 1] with padded neighbours zeroed: (n, K, H+1) in a reused buffer."""
+        out = self.phi_buf[: e - s]
+        out[..., :-1].copy_(phi)
+        out[..., -1] = 1.0
+        return out.mul_(self.valid[s:e].unsqueeze(-1))
+
+    def gather(self, s: int, e: int) -> torch.Tensor:
+        """Neighbour features F (n, K, C) (padding rows point at row 0; phi+ is zero there)."""
+        n = e - s
+        rows = torch.index_select(
+            self.feat, 0, self.safe[s:e].reshape(-1), out=self.f_buf[: n * self.k]
+        )
+        return rows.view(n, self.k, self.c)
+
+    def reduce(self, phi_aug: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A = phi+^T F: (n, H+1, C), one batched matmul."""
+        return torch.bmm(phi_aug.transpose(1, 2), rows, out=self.a_buf[: rows.shape[0]])
+
+
+def _apply_head(mode: str, a: torch.Tensor, head: torch.Tensor, out: torch.Tensor) -> None:
+    """out (n, C_out) = head(A): vec(A) @ W (full) or sum_h A * W (separable)."""
+    if mode == FULL:
+        torch.mm(a.view(a.shape[0], -1), head, out=out)
+    else:
+        torch.sum(a.mul_(head), dim=1, out=out)
+
+
+class FusedContinuousConv(torch.autograd.Function):
+    """See the module docstring. Inputs after ``mode`` are the hidden MLP's parameters.
+
+    feat: (N, C) float (features, or feat @ weight for separable); query (M, 3); support (N, 3);
+    idx (M, K) int64 with -1 padding; head: (H+1)*C x C_out (full) or (H+1, C_out) (separable);
+    inv_count: (M,) 1/K_i (or ones when not normalising), 0 for queries without neighbours.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        feat: torch.Tensor,
+        query: torch.Tensor,
+        support: torch.Tensor,
+        idx: torch.Tensor,
+        head: torch.Tensor,
+        inv_count: torch.Tensor,
+        hidden: nn.Module,
+        h_aug: int,
+        mode: str,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
+        m = idx.shape[0]
+        c_out = head.shape[-1]
+        out = feat.new_empty(m, c_out)
+        work = _Chunk(feat, query, support, idx, hidden, h_aug)
+        with torch.no_grad():
+            for s, e in chunks(m, work.size):
+                phi_aug = work.phi_aug(hidden(work.offsets(s, e)), s, e)
+                a = work.reduce(phi_aug, work.gather(s, e))
+                _apply_head(mode, a, head, out[s:e])
+        out.mul_(inv_count.unsqueeze(1))
+        ctx.save_for_backward(feat, query, support, idx, head, inv_count, *params)
+        ctx.hidden, ctx.h_aug, ctx.mode = hidden, h_aug, mode
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        feat, query, support, idx, head, inv_count, *params = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        need_feat, need_query, need_support, need_head = need[0], need[1], need[2], need[4]
+        need_params = [bool(x) for x in need[9:]]
+        need_z = need_query or need_support
+        need_phi = need_z or any(need_params)
+        mode = ctx.mode
+        m = idx.shape[0]
+        work = _Chunk(feat, query, support, idx, ctx.hidden, ctx.h_aug)
+        grad = grad_out * inv_count.unsqueeze(1)
+
+        grad_feat = torch.zeros_like(feat) if need_feat else None
+        grad_query = torch.zeros_like(query) if need_query else None
+        grad_support = torch.zeros_like(support) if need_support else None
+        grad_head = torch.zeros_like(head) if need_head else None
+        grad_params = [
+            torch.zeros_like(p) if n else None for p, n in zip(params, need_params, strict=True)
+        ]
+        wanted = [p for p, n in zip(params, need_params, strict=True) if n]
+
+        for s, e in chunks(m, work.size):
+            g = grad[s:e]
+            z = work.offsets(s, e).detach().requires_grad_(need_z)
+            with torch.set_grad_enabled(need_phi):
+                phi = ctx.hidden(z)
+            phi_aug = work.phi_aug(phi.detach(), s, e)
+            rows = work.gather(s, e)
+            a = work.reduce(phi_aug, rows)
+            if mode == FULL:
+                if need_head:
+                    grad_head.addmm_(a.view(e - s, -1).t(), g)
+                grad_a = torch.mm(g, head.t()).view(e - s, ctx.h_aug, -1)
+            else:
+                if need_head:
+                    grad_head.add_(torch.einsum("nhc,nc->hc", a, g))
+                grad_a = head.unsqueeze(0) * g.unsqueeze(1)
+            if need_feat:
+                grad_rows = torch.bmm(phi_aug, grad_a)  # padded rows are zero: phi+ is zero there
+                grad_feat.index_add_(0, work.safe[s:e].reshape(-1), grad_rows.view(-1, work.c))
+            if need_phi and phi.requires_grad:
+                grad_phi = torch.bmm(rows, grad_a.transpose(1, 2))[..., :-1]
+                grad_phi = grad_phi * work.valid[s:e].unsqueeze(-1)
+                inputs = ([z] if need_z else []) + wanted
+                got = torch.autograd.grad(phi, inputs, grad_phi, allow_unused=True)
+                got = list(got)
+                if need_z:
+                    grad_z = got.pop(0)
+                    if grad_query is not None:
+                        grad_query[s:e] = grad_z.sum(1)
+                    if grad_support is not None:
+                        grad_support.index_add_(
+                            0, work.safe[s:e].reshape(-1), grad_z.reshape(-1, 3), alpha=-1
+                        )
+                slots = [i for i, n in enumerate(need_params) if n]
+                for slot, gp in zip(slots, got, strict=True):
+                    if gp is not None:
+                        grad_params[slot].add_(gp)
+        return (
+            grad_feat,
+            grad_query,
+            grad_support,
+            None,
+            grad_head,
+            None,
+            None,
+            None,
+            None,
+            *grad_params,
+        )
