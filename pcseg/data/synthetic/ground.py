@@ -35,6 +35,7 @@ class GroundKind:
 
 ROAD = GroundKind(40, 0.0, "asphalt", 7)
 MEDIAN = GroundKind(49, CURB, "concrete", 6)
+GREEN_MEDIAN = GroundKind(72, CURB, "grass", 6)
 PARKING = GroundKind(44, 0.0, "paving", 5)
 SIDEWALK = GroundKind(48, CURB, "paving", 4)
 LAWN = GroundKind(72, CURB - 0.04, "grass", 3)
@@ -44,6 +45,7 @@ LOT = GroundKind(44, CURB, "paving", 2)  # parking lots in yards (painted after 
 BASE_GRASS = GroundKind(72, 0.2, "grass", 1)
 BASE_OTHER = GroundKind(49, 0.18, "soil", 1)
 WASTE = GroundKind(0, 0.15, "soil", 1)  # unlabeled ground (construction site, rubble)
+GRAVEL = GroundKind(49, CURB, "soil", 3)  # other-ground: gravel drives, courtyards
 
 
 @dataclass
@@ -173,7 +175,8 @@ def paint_street(
         e = street.edges(side)
         dd = d * sign
         mine = inside & (dd >= 0)
-        bands = [MEDIAN if street.median > 0 else ROAD, ROAD, PARKING, LAWN, SIDEWALK, yard[side]]
+        median = GREEN_MEDIAN if street.green_median else MEDIAN
+        bands = [median if street.median > 0 else ROAD, ROAD, PARKING, LAWN, SIDEWALK, yard[side]]
         for k, kind in enumerate(bands):
             lo = e[k - 1] if k else 0.0
             if e[k] - lo <= 1e-6:
@@ -201,15 +204,17 @@ def lane_marking(street: Street, s: np.ndarray, d: np.ndarray) -> np.ndarray:
     dashed centre line (no median), dashed lane dividers, solid edge lines and zebra crossings
     before each crossing street. Lines are 0.15 m wide, dashes 3 m every 9 m."""
     half = 0.075
-    dash = np.mod(s, 9.0) < 3.0
+    dash = np.mod(s, 10.0) < 3.0
     mark = np.zeros(len(s), bool)
     ad = np.abs(d)
     if street.median <= 0:
         mark |= (ad < half) & dash
     for k in range(1, street.lanes):
         mark |= (np.abs(ad - street.median - k * street.lane_w) < half) & dash
-    edge = street.half_road - 0.3
-    mark |= np.abs(ad - edge) < half
+    if street.edge_lines:  # only along sides without a parking lane
+        edge = street.half_road - 0.3
+        no_parking = np.where(d > 0, street.parking[0] == 0, street.parking[1] == 0)
+        mark |= (np.abs(ad - edge) < half) & no_parking
     for a, b in street.gaps:  # zebra crossings 1-4 m before and after the crossing
         near = ((s > a - 4.5) & (s < a - 1.5)) | ((s > b + 1.5) & (s < b + 4.5))
         mark |= near & (ad < street.half_road - 0.5) & (np.mod(d, 1.0) < 0.5)

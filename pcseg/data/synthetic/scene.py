@@ -13,8 +13,9 @@
 5. the ego path: along the main street's first lane at a constant speed per frame.
 
 Layouts: ``urban`` (dense buildings, parking lanes), ``curve`` (a bend of 35-90 degrees),
-``suburban`` (set-back houses, hedges, lawns, many trees), ``intersection`` (the ego crosses a
-street) and ``boulevard`` (wide road with a planted median, open lots and parking lots).
+``suburban`` (set-back houses, hedges, lawns, many trees) and ``boulevard`` (wide road with a
+median, open lots and parking lots). Straight layouts may have a crossing that the ego drives
+through, a crossing further away, and T-junctions closing the view at either end.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pcseg.data.synthetic import objects as obj
 from pcseg.data.synthetic.ground import (
     BASE_GRASS,
     BASE_OTHER,
+    GRAVEL,
     LOT,
     WASTE,
     YARD_GRASS,
@@ -38,7 +40,7 @@ from pcseg.data.synthetic.ground import (
 from pcseg.data.synthetic.mesh import Mesh, MeshBuilder
 from pcseg.data.synthetic.streets import HeightField, Street, centerline
 
-LAYOUTS = ("urban", "curve", "suburban", "intersection", "boulevard")
+LAYOUTS = ("urban", "curve", "suburban", "boulevard")
 SENSOR_HEIGHT = 1.73  # HDL-64E optical centre above the road (m), as on the KITTI car
 FRAME_DT = 0.1  # 10 Hz
 SCENE_MARGIN = 90.0  # raster extends this far around the ego path (sensor range 80 m)
@@ -84,6 +86,7 @@ class Scene:
     ego_d: float
     ego_step: float  # metres per frame
     mount: tuple[float, float] = (0.0, 0.0)  # sensor pitch, roll on the car (radians)
+    wobble_seed: int = 0  # per-frame body pitch / roll (suspension), deterministic per frame
     bounds: tuple[np.ndarray, np.ndarray] = field(repr=False, default=None)  # type: ignore[assignment]
 
     def ground_z(self, xy: np.ndarray) -> np.ndarray:
@@ -107,7 +110,8 @@ class Scene:
         up /= np.linalg.norm(up)
         left = np.cross(up, fwd)
         pose = np.eye(4)
-        pitch, roll = self.mount
+        wobble = np.random.default_rng([self.wobble_seed, frame]).normal(0.0, np.radians(0.3), 2)
+        pitch, roll = self.mount[0] + wobble[0], self.mount[1] + wobble[1]
         cp, sp, cr, sr = np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
         tilt = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]]) @ np.array(
             [[1, 0, 0], [0, cr, -sr], [0, sr, cr]]
@@ -193,15 +197,15 @@ class _Params:
 def _params(layout: str, rng: np.random.Generator) -> _Params:
     u = rng.uniform
     two = lambda p, w: (w if rng.random() < p else 0.0, w if rng.random() < p else 0.0)  # noqa: E731
-    if layout in ("urban", "intersection"):
+    if layout == "urban":
         return _Params(
             1 if rng.random() < 0.7 else 2,
-            u(3.1, 3.5),
+            u(3.3, 3.8),
             0.0,
             two(0.5, u(2.1, 2.5)),
             two(0.4, u(1.2, 2.5)),
             (u(3.5, 6.0), u(3.5, 6.0)),
-            (u(0, 2.0), u(0, 2.0)),
+            (u(0.5, 4.0), u(0.5, 4.0)),
             (YARD_PAVED, YARD_GRASS),
             0.7,
             (7.0, 22.0),
@@ -213,7 +217,7 @@ def _params(layout: str, rng: np.random.Generator) -> _Params:
     if layout == "curve":
         return _Params(
             1,
-            u(3.2, 3.6),
+            u(3.4, 3.9),
             0.0,
             two(0.6, u(2.1, 2.5)),
             two(0.5, u(1.5, 2.5)),
@@ -230,7 +234,7 @@ def _params(layout: str, rng: np.random.Generator) -> _Params:
     if layout == "suburban":
         return _Params(
             1,
-            u(3.0, 3.4),
+            u(3.3, 3.8),
             0.0,
             two(0.5, u(2.0, 2.4)),
             two(0.7, u(1.5, 3.0)),
@@ -314,6 +318,10 @@ class _Populator:
                         rng,
                     )
                 self.yard(street, side, s - length, s, sidewalk_out, front + setback)
+                if rng.random() < 0.25:  # gravel drive / courtyard in front of it
+                    self.paint_area(
+                        street, s - length, s, sign, sidewalk_out, front + setback, GRAVEL
+                    )
             else:
                 self.open_lot(street, side, s - length, s, front)
             if rng.random() < prm.p_hedge:  # hedge or fence along the sidewalk
@@ -402,7 +410,7 @@ class _Populator:
             return lambda s: self.pose(street, s, sign * d, yaw)
 
         if prm.tree_spacing > 0:
-            d_tree = (park + lawn) / 2 + 0.0 if lawn > park else park + 0.9
+            d_tree = (park + lawn) / 2 if lawn > park + 1.0 else park + rng.uniform(1.0, 1.6)
             each(prm.tree_spacing, lambda s: (p := place(d_tree)(s)) and obj.tree(self.mb, p, rng))
         each(
             rng.uniform(20, 34),
@@ -461,8 +469,8 @@ class _Populator:
             s = s_from
             while s < s_to:
                 s += rng.uniform(8, 22)
-                d = street.frontage(side) + rng.uniform(22, 50)
-                if rng.random() < 0.5:
+                d = street.frontage(side) + rng.uniform(18, 45)
+                if rng.random() < 0.6:
                     p = self.pose(street, s, sign * d, 0.0 if side == 0 else np.pi)
                     if p is not None:
                         obj.building(
@@ -529,6 +537,9 @@ class _Populator:
                         )
                         self.mover(str(kind), k, s, d, speed)
                     s += direction * rng.uniform(14, 40)
+        if k == 0:  # a motorcyclist always comes the other way: rare class, always present
+            d = street.median + 0.8 * street.lane_w
+            self.mover("motorcycle", k, travel / 2 + rng.uniform(15, 35), d, -rng.uniform(6, 10))
 
     def mover(self, kind: str, street: int, s: float, d: float, speed: float) -> None:
         rng = self.rng
@@ -627,14 +638,16 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         prm.lawn,
         prm.sidewalk,
         prm.setback,
+        green_median=rng.random() < 0.8,
+        edge_lines=rng.random() < 0.5,
     )
     streets = [main]
     # crossing streets (perpendicular, on the straight part before a bend); tee: which side of
     # a T-junction's cross street faces away from the main street (-1: none, else 0 or 1)
     crossings: list[tuple[float, int]] = []
-    if layout == "intersection":
+    if layout != "curve" and rng.random() < 0.45:  # the ego drives through this one
         crossings.append((rng.uniform(0.3, 0.7) * travel + 8, -1))
-    if layout in ("urban", "boulevard", "suburban") and rng.random() < 0.6:
+    elif layout != "curve" and rng.random() < 0.6:
         crossings.append((rng.choice([-1, 1]) * rng.uniform(30, 45) + travel / 2, -1))
     if front < travel + 100:
         crossings.append((front, 1))
@@ -676,10 +689,10 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
     ego_d = -(prm.median + (ego_lane + 0.5) * prm.lane_w)
     path, _ = main.xy_at(np.linspace(0, travel, 16), ego_d)
     lo, hi = path.min(0) - SCENE_MARGIN, path.max(0) + SCENE_MARGIN
-    height = HeightField.random(rng, prm.relief)
-    raster = GroundRaster.empty(lo, hi, BASE_GRASS if rng.random() < 0.7 else BASE_OTHER)
+    height = HeightField.random(rng, prm.relief * 1.3)
+    raster = GroundRaster.empty(lo, hi, BASE_GRASS if rng.random() < 0.85 else BASE_OTHER)
     centers = raster.centers()
-    mount = tuple(np.clip(rng.normal(0.0, np.radians(0.8), 2), -0.03, 0.03))
+    mount = tuple(np.clip(rng.normal(0.0, np.radians(1.0), 2), -0.035, 0.035))
     scene = Scene(
         layout,
         Mesh(*(np.zeros(0),) * 5),
@@ -691,6 +704,7 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         ego_d,
         ego_step,
         mount,
+        int(rng.integers(2**31)),
         (lo, hi),
     )
     mb = MeshBuilder()
@@ -718,6 +732,13 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         pop.traffic(k, st, travel, ego_lane if k == 0 else None, reach)
         pop.vulnerable(k, st, travel, ego_lane if k == 0 else None, reach)
     pop.backdrop(main, float(main.s[0]) + 2, float(main.s[-1]) - 2)
+    if main.median > 0 and main.green_median:  # trees and bushes on a planted median
+        s = float(main.s[0]) + rng.uniform(2, 10)
+        while s < main.s[-1] - 2:
+            p = pop.pose(main, s, rng.normal(0, 0.3))
+            if p is not None and not main.in_gap(s, 3.0):
+                (obj.tree if rng.random() < 0.7 else obj.bush)(mb, p, rng)
+            s += rng.uniform(7, 14)
     raster.add_to(mb, height)
     scene.static = mb.build()
     return scene

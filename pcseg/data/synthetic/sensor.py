@@ -57,7 +57,7 @@ class LidarConfig:
         ((-2.9, -0.95, -1.5), (-0.4, 0.95, -0.85)),
         ((0.4, -0.9, -1.5), (2.4, 0.9, -1.0)),
     )
-    beam_offset: float = 0.12  # per-laser vertical origin offsets up to this (m), fixed
+    beam_offset: float = 0.2  # per-laser vertical origin offsets up to this (m), fixed
 
     def __post_init__(self) -> None:
         if self.n_beams < 1 or self.n_azimuth < 1:
@@ -76,7 +76,7 @@ class LidarConfig:
         else:
             base = np.interp(np.linspace(0, 63, self.n_beams), np.arange(64), _HDL64_ELEVATION)
         # fixed per-laser calibration error, identical for every scan
-        jitter = np.random.default_rng(64).normal(0.0, 0.1, self.n_beams)
+        jitter = np.random.default_rng(64).normal(0.0, 0.12, self.n_beams)
         return base + jitter
 
     def origins(self) -> np.ndarray:
@@ -243,7 +243,7 @@ def simulate_scan(
     instance[far] = 0
 
     # --- remission ------------------------------------------------------------------------
-    rem = refl * (0.75 + 0.25 * cos_inc) * rng.lognormal(0.0, 0.17, n)
+    rem = refl * (0.75 + 0.25 * cos_inc) * rng.lognormal(0.0, 0.22, n)
     rem += rng.normal(0.0, 0.02, n)
     rem[multipath] *= 0.3
     rem[(rem < 0.07) | (rng.random(n) < 0.05)] = 0.0

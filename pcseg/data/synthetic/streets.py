@@ -69,6 +69,8 @@ class Street:
     sidewalk: tuple[float, float] = (3.0, 3.0)
     setback: tuple[float, float] = (0.0, 0.0)
     gaps: list[tuple[float, float]] = field(default_factory=list)  # s-ranges of crossings
+    green_median: bool = False  # planted (terrain) instead of paved (other-ground) median
+    edge_lines: bool = True  # painted road edge lines where there is no parking lane
     _tree: cKDTree | None = field(default=None, repr=False)
 
     @property
