@@ -2,25 +2,14 @@
 
 Every op: a public function (validates, documents) -> a private ``torch.autograd.Function``
 -> a backend chosen by the tensor's device (Triton on CUDA where installed, PyTorch elsewhere).
-Names are resolved lazily so importing one op never pulls in the others' dependencies.
+Heavy optional libraries (Open3D, Triton) are imported inside the backends that use them.
+
+The functions are imported eagerly, after their submodules: ``pcseg.ops.knn`` is the FUNCTION
+(importing a submodule binds the package attribute to the module; importing the function
+after it rebinds the name, so every caller gets the same object).
 """
 
-from __future__ import annotations
+from pcseg.ops.continuous_conv import continuous_conv, continuous_conv_reference
+from pcseg.ops.knn import KNNResult, knn
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "knn": "pcseg.ops.knn",
-    "KNNResult": "pcseg.ops.knn",
-    "continuous_conv": "pcseg.ops.continuous_conv",
-    "continuous_conv_reference": "pcseg.ops.continuous_conv",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'pcseg.ops' has no attribute {name!r}")
+__all__ = ["KNNResult", "continuous_conv", "continuous_conv_reference", "knn"]

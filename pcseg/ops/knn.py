@@ -20,10 +20,8 @@ build) else bruteforce.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -217,15 +215,3 @@ def knn(
     idx, dist2 = _KNNFunction.apply(query, support, k, query_offset, support_offset, fn)
     return KNNResult(idx, dist2)
 
-
-class _CallableModule(types.ModuleType):
-    """``pcseg.ops.knn`` is both this module and the function. Once the module is imported,
-    Python binds the package attribute ``pcseg.ops.knn`` to the MODULE, shadowing the lazy
-    export of the function; making the module callable keeps ``pcseg.ops.knn(...)`` and
-    ``from pcseg.ops import knn; knn(...)`` working whichever object the caller gets."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> KNNResult:
-        return knn(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

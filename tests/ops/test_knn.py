@@ -253,7 +253,7 @@ def test_auto_backend_and_public_entry_point() -> None:
     assert resolve_backend(None, "cpu") == resolve_backend("auto", "cpu")
     assert resolve_backend(None, "cpu") in CPU_BACKENDS
     pts, off = ragged([40, 25], seed=10)
-    # pcseg.ops.knn twice: the second lookup finds the submodule bound on the package.
+    # pcseg.ops.knn is the function, also after its submodule was imported.
     first = pcseg.ops.knn(pts, pts, 4, off, off)
     second = pcseg.ops.knn(pts, pts, 4, off, off)
     assert torch.equal(first.idx, second.idx)
