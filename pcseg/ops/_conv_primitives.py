@@ -58,6 +58,7 @@ def _gather(feat: torch.Tensor, safe: torch.Tensor, valid: torch.Tensor) -> torc
     return rows * valid.unsqueeze(-1).to(rows.dtype)
 
 
+@torch.no_grad()
 def gather_outer_reduce(phi: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """A[i] = sum over valid k of phi[i, k] (outer) feat[idx[i, k]].
 
@@ -75,6 +76,7 @@ def gather_outer_reduce(phi: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor
     return out.to(phi.dtype)
 
 
+@torch.no_grad()
 def gather_outer_reduce_backward(
     grad_a: torch.Tensor, phi: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +100,7 @@ def gather_outer_reduce_backward(
     return grad_phi.to(phi.dtype), grad_feat.to(feat.dtype)
 
 
+@torch.no_grad()
 def gather_mul_reduce(g: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """out[i] = sum over valid k of g[i, k] * feat[idx[i, k]] (elementwise over channels).
 
@@ -113,6 +116,7 @@ def gather_mul_reduce(g: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor) ->
     return out.to(g.dtype)
 
 
+@torch.no_grad()
 def gather_mul_reduce_backward(
     grad_out: torch.Tensor, g: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

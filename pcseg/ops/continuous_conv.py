@@ -256,7 +256,7 @@ def _via_primitives(
     phi_aug = torch.cat([phi, phi.new_ones(*phi.shape[:-1], 1)], dim=-1)
     if kernel == FULL:
         a = GatherOuterReduce.apply(phi_aug, src, idx)
-        out = a.reshape(a.shape[0], -1) @ head
+        out = a.reshape(a.shape[0], head.shape[0]) @ head
     else:
         g = phi_aug @ head
         out = GatherMulReduce.apply(g, src, idx)
