@@ -201,7 +201,7 @@ def tree(
 ) -> None:
     """Tree: trunk (71) under one or two crown ellipsoids (70)."""
     trunk_h = rng.uniform(0.6, 2.0) * scale
-    r = rng.uniform(0.08, 0.2) * scale
+    r = rng.uniform(0.06, 0.16) * scale
     crown = rng.uniform(1.5, 3.2) * scale
     mb.cylinder((p.x, p.y, p.z - 0.2), r, trunk_h + crown * 0.3, 71, "bark", inst)
     cz = p.z + trunk_h + crown * 0.9

@@ -207,7 +207,7 @@ def _params(layout: str, rng: np.random.Generator) -> _Params:
             (u(3.5, 6.0), u(3.5, 6.0)),
             (u(0.5, 4.0), u(0.5, 4.0)),
             (YARD_PAVED, YARD_GRASS),
-            0.7,
+            0.75,
             (7.0, 22.0),
             u(5, 9),
             0.45,
@@ -224,7 +224,7 @@ def _params(layout: str, rng: np.random.Generator) -> _Params:
             (u(2.5, 4.5), u(2.5, 4.5)),
             (u(1, 5), u(1, 5)),
             (YARD_GRASS, YARD_PAVED),
-            0.65,
+            0.7,
             (6.0, 18.0),
             u(5, 9),
             0.5,
@@ -241,7 +241,7 @@ def _params(layout: str, rng: np.random.Generator) -> _Params:
             (u(2.0, 3.5), u(2.0, 3.5)),
             (u(3, 8), u(3, 8)),
             (YARD_GRASS, YARD_GRASS),
-            0.7,
+            0.75,
             (5.0, 9.5),
             u(5, 8),
             0.75,
@@ -258,7 +258,7 @@ def _params(layout: str, rng: np.random.Generator) -> _Params:
             (u(3.0, 5.0), u(3.0, 5.0)),
             (u(2, 6), u(2, 6)),
             (YARD_GRASS, YARD_PAVED),
-            0.55,
+            0.6,
             (8.0, 25.0),
             u(6, 10),
             0.45,
@@ -318,6 +318,11 @@ class _Populator:
                         rng,
                     )
                 self.yard(street, side, s - length, s, sidewalk_out, front + setback)
+                depth = front + setback - sidewalk_out
+                if depth > 2.5 and rng.random() < 0.4:  # fence between neighbouring yards
+                    p = self.pose(street, s - 0.2, sign * (sidewalk_out + depth / 2), np.pi / 2)
+                    if p is not None:
+                        obj.fence(self.mb, p, depth - 0.5, rng)
                 if rng.random() < 0.25:  # gravel drive / courtyard in front of it
                     self.paint_area(
                         street, s - length, s, sign, sidewalk_out, front + setback, GRAVEL
@@ -327,7 +332,7 @@ class _Populator:
             if rng.random() < prm.p_hedge:  # hedge or fence along the sidewalk
                 p = self.pose(street, mid, sign * (sidewalk_out + 0.6))
                 if p is not None:
-                    if rng.random() < 0.85:
+                    if rng.random() < 0.65:
                         obj.hedge(self.mb, p, length * rng.uniform(0.5, 0.95), rng)
                     else:
                         obj.fence(self.mb, p, length * rng.uniform(0.5, 0.95), rng)
@@ -338,7 +343,7 @@ class _Populator:
         sign = 1.0 if side == 0 else -1.0
         if d1 - d0 < 2.0:
             return
-        for _ in range(rng.poisson((s1 - s0) * (d1 - d0) / 25)):
+        for _ in range(rng.poisson((s1 - s0) * (d1 - d0) / 15)):
             p = self.pose(street, rng.uniform(s0, s1), sign * rng.uniform(d0 + 0.8, d1 - 0.8))
             if p is not None:
                 if rng.random() < 0.3:
@@ -366,11 +371,11 @@ class _Populator:
                         if p is not None:
                             self.parked(p, "car" if rng.random() < 0.9 else "other")
         elif r < 0.85:  # green lot: trees and bushes
-            n = rng.poisson((s1 - s0) * depth / 40)
+            n = rng.poisson((s1 - s0) * depth / 25)
             for _ in range(n):
                 p = self.pose(street, rng.uniform(s0, s1), sign * rng.uniform(front, front + depth))
                 if p is not None:
-                    (obj.tree if rng.random() < 0.55 else obj.bush)(self.mb, p, rng)
+                    (obj.tree if rng.random() < 0.4 else obj.bush)(self.mb, p, rng)
         elif r < 0.93:  # other-structure (wall / shed / shelter)
             p = self.pose(street, (s0 + s1) / 2, sign * (front + 1.5), 0.0 if side == 0 else np.pi)
             if p is not None:
@@ -685,11 +690,11 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         )
         streets.append(cross)
         tees.append(tee)
-    ego_lane = 0  # innermost lane: the outer one stays free for cyclists and trucks
+    ego_lane = int(rng.integers(prm.lanes))  # on multi-lane roads, any lane of its direction
     ego_d = -(prm.median + (ego_lane + 0.5) * prm.lane_w)
     path, _ = main.xy_at(np.linspace(0, travel, 16), ego_d)
     lo, hi = path.min(0) - SCENE_MARGIN, path.max(0) + SCENE_MARGIN
-    height = HeightField.random(rng, prm.relief * 1.3)
+    height = HeightField.random(rng, prm.relief * 2.0)
     raster = GroundRaster.empty(lo, hi, BASE_GRASS if rng.random() < 0.85 else BASE_OTHER)
     centers = raster.centers()
     mount = tuple(np.clip(rng.normal(0.0, np.radians(1.0), 2), -0.035, 0.035))
@@ -737,7 +742,13 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         while s < main.s[-1] - 2:
             p = pop.pose(main, s, rng.normal(0, 0.3))
             if p is not None and not main.in_gap(s, 3.0):
-                (obj.tree if rng.random() < 0.7 else obj.bush)(mb, p, rng)
+                r = rng.random()
+                if r < 0.5:
+                    obj.tree(mb, p, rng)
+                elif r < 0.8:
+                    obj.hedge(mb, p, rng.uniform(3, 8), rng)
+                else:
+                    obj.bush(mb, p, rng)
             s += rng.uniform(7, 14)
     raster.add_to(mb, height)
     scene.static = mb.build()

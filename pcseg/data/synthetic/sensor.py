@@ -57,7 +57,11 @@ class LidarConfig:
         ((-2.9, -0.95, -1.5), (-0.4, 0.95, -0.85)),
         ((0.4, -0.9, -1.5), (2.4, 0.9, -1.0)),
     )
-    beam_offset: float = 0.2  # per-laser vertical origin offsets up to this (m), fixed
+    # per-laser origin heights above the sensor origin (m), drawn once from this range: the
+    # HDL-64E's lasers sit 0.1-0.3 m above its reported origin, which lifts the apparent
+    # elevation of near returns (real scans: elevation 1 % = -23.5 deg, range 1 % = 4.3 m,
+    # although the lowest laser points at -24.9 deg)
+    beam_offset: tuple[float, float] = (0.04, 0.24)
 
     def __post_init__(self) -> None:
         if self.n_beams < 1 or self.n_azimuth < 1:
@@ -83,7 +87,7 @@ class LidarConfig:
         """Per-ray laser origin offsets (n_beams * n_azimuth, 3) in the sensor frame: each
         laser of the HDL-64E sits at its own height, which smears the apparent elevation of
         near points as in real scans."""
-        dz = np.random.default_rng(65).uniform(-self.beam_offset, self.beam_offset, self.n_beams)
+        dz = np.random.default_rng(65).uniform(*self.beam_offset, self.n_beams)
         out = np.zeros((self.n_beams, self.n_azimuth, 3))
         out[:, :, 2] = dz[:, None]
         return out.reshape(-1, 3)
