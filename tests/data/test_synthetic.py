@@ -67,7 +67,7 @@ def test_default_split_matches_sequences():
 
 def test_same_seed_same_bytes_other_seed_differs(small_root, tmp_path):
     again = generate_dataset(
-        tmp_path / "b", SMALL_SEQS, seed=3, progress=False, workers=2, lidar=SMALL
+        tmp_path / "b", SMALL_SEQS, seed=3, progress=True, workers=2, lidar=SMALL
     )
     other = generate_dataset(
         tmp_path / "c", SMALL_SEQS, seed=4, progress=False, workers=1, lidar=SMALL

@@ -13,8 +13,11 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import ExitStack
+from multiprocessing import Manager
 from pathlib import Path
+from queue import Empty
 
 from pcseg.data.synthetic.sensor import LidarConfig
 from pcseg.data.synthetic.sequence import write_sequence
@@ -86,8 +89,12 @@ def is_complete(
     )
 
 
-def _one(root: str, seq: int, frames: int, seed: int, lidar: LidarConfig | None) -> int:
-    write_sequence(Path(root), seq, frames, seed, lidar)
+def _one(
+    root: str, seq: int, frames: int, seed: int, lidar: LidarConfig | None, frames_done=None
+) -> int:
+    """Write one sequence; ``frames_done`` (a queue) receives one item per written frame."""
+    on_frame = None if frames_done is None else (lambda: frames_done.put(1))
+    write_sequence(Path(root), seq, frames, seed, lidar, on_frame=on_frame)
     return seq
 
 
@@ -104,32 +111,65 @@ def generate_dataset(
     Sequences run in a process pool of ``workers`` (default: CPU count, at most the number of
     sequences); each is deterministic on its own, so the bytes do not depend on ``workers``.
     ``lidar``: sensor parameters (default: the full HDL-64E; smaller ones make fast tests).
+    ``progress`` shows a rich progress bar counting frames.
     """
     seqs = _check(sequences, workers)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).unlink(missing_ok=True)
+    (root / MARKER).unlink(missing_ok=True)  # from here on the dataset is incomplete
     for seq in seqs:
         shutil.rmtree(root / "sequences" / f"{seq:02d}", ignore_errors=True)
     n_workers = min(workers or os.cpu_count() or 1, len(seqs))
     order = sorted(seqs, key=lambda k: -seqs[k])  # longest first balances the pool
     bar = _progress(progress)
     with bar:
-        task = None if isinstance(bar, _NoBar) else bar.add_task("synthetic LiDAR", total=len(seqs))
+        task = None
+        if not isinstance(bar, _NoBar):
+            task = bar.add_task("synthetic LiDAR", total=sum(seqs.values()))
         if n_workers == 1:
             for seq in order:
-                _one(str(root), seq, seqs[seq], seed, lidar)
-                if task is not None:
-                    bar.advance(task)
+                tick = _Tick(bar, task) if task is not None else None
+                _one(str(root), seq, seqs[seq], seed, lidar, tick)
         else:
-            with ProcessPoolExecutor(n_workers) as pool:
-                futures = [pool.submit(_one, str(root), s, seqs[s], seed, lidar) for s in order]
-                for fut in as_completed(futures):
-                    fut.result()
-                    if task is not None:
-                        bar.advance(task)
+            _run_pool(root, seqs, order, seed, lidar, n_workers, bar, task)
     (root / MARKER).write_text(json.dumps(_marker_content(seqs, seed, lidar), indent=2) + "\n")
     return root
+
+
+class _Tick:
+    """Queue-like adapter advancing a progress bar in this process."""
+
+    def __init__(self, bar, task) -> None:
+        self.bar, self.task = bar, task
+
+    def put(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+
+def _run_pool(root, seqs, order, seed, lidar, n_workers, bar, task) -> None:
+    """Sequences in worker processes; frame ticks come back through a manager queue."""
+    with ExitStack() as stack:
+        queue = None
+        if task is not None:
+            queue = stack.enter_context(Manager()).Queue()
+        pool = stack.enter_context(ProcessPoolExecutor(n_workers))
+        pending = {pool.submit(_one, str(root), s, seqs[s], seed, lidar, queue) for s in order}
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for fut in done:
+                fut.result()  # re-raise a worker's error here
+            _drain(queue, bar, task)
+        _drain(queue, bar, task)
+
+
+def _drain(queue, bar, task) -> None:
+    if queue is None:
+        return
+    while True:
+        try:
+            bar.advance(task, queue.get_nowait())
+        except Empty:
+            return
 
 
 class _NoBar:
@@ -149,7 +189,7 @@ def _progress(enabled: bool):
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
-        "sequences",
+        "frames",
         TimeElapsedColumn(),
     )
 
