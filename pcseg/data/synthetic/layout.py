@@ -79,7 +79,7 @@ def layout_params(layout: str, rng: np.random.Generator) -> LayoutParams:
             u(3.3, 3.8),
             0.0,
             two(0.5, u(2.0, 2.4)),
-            two(0.7, u(1.5, 3.0)),
+            two(0.4, u(1.5, 3.0)),
             (u(2.0, 3.5), u(2.0, 3.5)),
             (u(3, 8), u(3, 8)),
             (YARD_GRASS, YARD_GRASS),

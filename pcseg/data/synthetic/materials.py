@@ -8,7 +8,10 @@ model reads three numbers from it:
   per-class median remission resembles SemanticKITTI (road ~0.25, building ~0.42, car ~0.09).
 - ``porosity``: probability that a pulse passes through (foliage, chain-link fences, glass), so
   porous objects show points both on and behind them, as real trees do.
-- ``roughness``: extra range noise in metres (leaves scatter returns in depth).
+- ``roughness``: extra Gaussian range noise in metres;
+- ``depth``: mean penetration (m, exponential) of echoes into a volumetric surface: foliage is
+  modelled by hull meshes, and this spreads its returns through the crown instead of onto a
+  shell, as leaves do.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Material:
     reflectivity: float
     porosity: float = 0.0
     roughness: float = 0.0
+    depth: float = 0.0
 
 
 MATERIALS: tuple[Material, ...] = (
@@ -40,7 +44,7 @@ MATERIALS: tuple[Material, ...] = (
     Material("car_paint", 0.11),
     Material("car_glass", 0.05, porosity=0.4),
     Material("rubber", 0.03),
-    Material("foliage", 0.39, porosity=0.3, roughness=0.10),
+    Material("foliage", 0.39, porosity=0.3, roughness=0.05, depth=0.5),
     Material("bark", 0.36),
     Material("metal", 0.21),
     Material("sign", 0.45),
@@ -54,9 +58,11 @@ MATERIALS: tuple[Material, ...] = (
 MATERIAL_ID: dict[str, int] = {m.name: i for i, m in enumerate(MATERIALS)}
 
 
-def material_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lookup arrays indexed by material id: reflectivity, porosity, roughness, each (M,) float32."""
+def material_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lookup arrays indexed by material id: reflectivity, porosity, roughness and depth,
+    each (M,) float32."""
     refl = np.array([m.reflectivity for m in MATERIALS], dtype=np.float32)
     poro = np.array([m.porosity for m in MATERIALS], dtype=np.float32)
     rough = np.array([m.roughness for m in MATERIALS], dtype=np.float32)
-    return refl, poro, rough
+    depth = np.array([m.depth for m in MATERIALS], dtype=np.float32)
+    return refl, poro, rough, depth

@@ -250,7 +250,7 @@ class Populator:
             while s < s_to:
                 s += rng.uniform(8, 22)
                 d = street.frontage(side) + rng.uniform(18, 45)
-                if rng.random() < 0.6:
+                if rng.random() < 0.75:
                     p = self.pose(street, s, sign * d, 0.0 if side == 0 else np.pi)
                     if p is not None:
                         obj.building(

@@ -10,7 +10,8 @@ second one holding the agents of the current frame; the nearer hit wins. Then, p
   behind the car hit the roof and trunk lid), closer than ``min_range``, at random
   (``drop_prob``) or when the echo is too weak: a smooth function of reflectivity, incidence and
   range, so dark cars fade out at long range as on the real sensor;
-- range noise (``range_noise`` plus the material's roughness), remission from reflectivity,
+- range noise (``range_noise`` plus the material's roughness; echoes penetrate foliage by an
+  exponential depth), remission from reflectivity,
   incidence and noise (clipped to [0, 1], dark echoes quantised to 0 as in KITTI);
 - labels from the hit triangle; road hits on painted markings become lane-marking (60); a few
   ground echoes become multipath outliers (label 1) far below the ground, as in real scans;
@@ -177,7 +178,7 @@ def simulate_scan(
     marking: maps world xy (N, 2) of road hits to a lane-marking mask (N,).
     """
     cfg = config or LidarConfig()
-    refl_t, poro_t, rough_t = material_table()
+    refl_t, poro_t, rough_t, depth_t = material_table()
     local = cfg.directions()
     rot, origin = pose[:3, :3], pose[:3, 3]
     dirs = local @ rot.T
@@ -234,6 +235,7 @@ def simulate_scan(
 
     # --- range noise and multipath ----------------------------------------------------------
     noise = rng.normal(0.0, 1.0, n) * (cfg.range_noise + rough_t[material])
+    noise += rng.exponential(1.0, n) * depth_t[material]  # echoes from inside foliage
     r_noisy = r + noise
     ground = np.isin(label, (40, 44, 48, 49, 72, 60))
     multipath = keep & ground & (rng.random(n) < cfg.multipath_prob)
