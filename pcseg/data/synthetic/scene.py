@@ -10,7 +10,7 @@
    bins, shelters, trees) and parked vehicles, bicycles and standing people (:mod:`.objects`);
 4. agents that move between frames (cars, trucks, buses, other vehicles, pedestrians,
    bicyclists, motorcyclists), labelled with SemanticKITTI's moving-* ids (252-259);
-5. the ego path: along the main street's first lane at a constant speed per frame.
+5. the ego path: along one lane of the main street at a constant 0.6-1.3 m per frame.
 
 Layouts: ``urban`` (dense buildings, parking lanes), ``curve`` (a bend of 35-90 degrees),
 ``suburban`` (set-back houses, hedges, lawns, many trees) and ``boulevard`` (wide road with a
