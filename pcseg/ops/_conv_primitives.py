@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-# Working-set target of one query chunk, in bytes. 512 queries x 16 neighbours x 64 channels of
-# float32 is 2 MiB: measured fastest on the 2-core reference machine (1 MiB L2 per core, 16 MiB
-# L3) among 128..4096 queries; smaller chunks pay Python/dispatch overhead, larger ones spill.
-CHUNK_BYTES = 2 << 20
+# Working-set target of one query chunk, in bytes (~800 queries at K = 16, 64 + 17 channels).
+# On the 2-core reference machine (1 MiB L2 per core, 16 MiB L3), 2 and 4 MiB were equally
+# fastest among 0.5..8 MiB for the full kernel (4 MiB slightly better for separable); smaller
+# chunks pay per-op dispatch and thread-barrier overhead, which grows when the cores are shared.
+CHUNK_BYTES = 4 << 20
 MIN_CHUNK, MAX_CHUNK = 32, 8192
 
 

@@ -1,0 +1,388 @@
+"""Benchmark the continuous-convolution layer against its peers (time and peak memory).
+
+    python scripts/bench_ops.py [--sizes 20000,real] [--channels 64] [--k 16]
+                                [--hidden 16,16 16,32] [--repeat 3] [--skip-naive]
+
+Methods, all computing the same function of feat at the same N, K and channels:
+  reference   pcseg.ops.continuous_conv_reference (materialises M x K x C_in x C_out)
+  nnconv      torch_geometric NNConv(aggr='mean', root_weight=False, bias=False) with the same
+              kernel MLP (weight = nn(pos_i - pos_j).view(C_in, C_out), x_j @ weight, mean)
+  open3d      open3d.ml.torch.layers.ContinuousConv, fused C++, 4x4x4 filter grid, fed the SAME
+              K neighbours (user_neighbors_index) with per-point extents = 2 x the K-th neighbour
+              distance, so every neighbour lies inside its filter
+  full        pcseg ContinuousConv(kernel='full')        (the factorised fused path)
+  separable   pcseg ContinuousConv(kernel='separable')
+
+Sizes: an integer N is a spatial crop of the real scan (the N points nearest to a point of the
+scan); 'real' is the whole scan $PCSEG_REAL_DATA/sequences/00/velodyne/000000.bin (~124k
+points). Without the scan, random points in a 40 m box are used (noted in the output).
+
+Method of measurement: every (size, kernel_hidden, method) case runs in a FRESH subprocess, so
+one case's allocations cannot hide or inflate another's. The worker builds its inputs, runs one
+warm-up forward+backward, then for each phase (forward; forward+backward) and each repeat it
+resets the kernel's peak-RSS counter (writing 5 to /proc/self/clear_refs resets VmHWM), reads
+VmRSS, runs the phase and reads VmHWM: "peak MB" is VmHWM - VmRSS before the phase, the extra
+resident memory the phase needed (max over repeats). Times are wall clock, min and median over
+repeats; gradients are taken w.r.t. feat and all parameters (positions are data). Ratios are
+computed between rows of the same run. The KNN rows come from scripts/bench_knn.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SCAN = "/work/shared/data/semantickitti"
+SCAN_REL = "sequences/00/velodyne/000000.bin"
+METHODS = ("reference", "nnconv", "open3d", "full", "separable")
+NAIVE = ("reference", "nnconv")
+
+
+# ---------------------------------------------------------------------------------------------
+# worker: one case, in its own process
+# ---------------------------------------------------------------------------------------------
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _points(size: str, seed: int = 0):
+    """(N, 3) float32 tensor for a size spec, and a note on where it came from."""
+    import numpy as np
+    import torch
+
+    from pcseg.ops import knn
+
+    root = Path(os.environ.get("PCSEG_REAL_DATA", DEFAULT_SCAN))
+    scan = root / SCAN_REL
+    if scan.is_file():
+        from pcseg.data.io import read_scan
+
+        xyz = torch.from_numpy(read_scan(scan)[0])
+        note = f"real scan {SCAN_REL}"
+        if size == "real" or int(size) >= len(xyz):
+            return xyz, note
+        centre = xyz[len(xyz) // 3].unsqueeze(0)
+        crop = knn(centre, xyz, int(size)).idx[0]
+        return xyz[crop].contiguous(), f"{note}, crop of the {size} points nearest one point"
+    n = 124_668 if size == "real" else int(size)
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.uniform(-20, 20, (n, 3)).astype(np.float32)), "random points"
+
+
+def _mlp(hidden: tuple[int, ...], emit: int):
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    width = 3
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, emit))
+    return nn.Sequential(*layers)
+
+
+def _build(method: str, pos, idx, dist2, channels: int, hidden: tuple[int, ...]):
+    """A closure running the method's forward, and its parameters."""
+    import torch
+
+    n, k = idx.shape
+    if method in ("full", "separable"):
+        from pcseg.nn import ContinuousConv
+
+        layer = ContinuousConv(channels, channels, hidden, kernel=method)
+        return (lambda feat: layer(feat, pos, pos, idx)), list(layer.parameters())
+    if method == "reference":
+        from pcseg.nn import ContinuousConv
+        from pcseg.ops import continuous_conv_reference
+
+        layer = ContinuousConv(channels, channels, hidden, kernel="full")
+        return (
+            lambda feat: continuous_conv_reference(feat, pos, pos, idx, layer.kernel_mlp),
+            list(layer.parameters()),
+        )
+    if method == "nnconv":
+        from torch_geometric.nn import NNConv
+
+        conv = NNConv(
+            channels,
+            channels,
+            _mlp(hidden, channels * channels),
+            aggr="mean",
+            root_weight=False,
+            bias=False,
+        )
+        valid = idx >= 0
+        target = torch.arange(n).unsqueeze(1).expand(n, k)[valid]
+        source = idx[valid]
+        edge_index = torch.stack([source, target])  # messages flow source j -> target i
+        edge_attr = pos[target] - pos[source]  # z = query_i - support_j
+        return (lambda feat: conv(feat, edge_index, edge_attr)), list(conv.parameters())
+    if method == "open3d":
+        import open3d.ml.torch as ml3d
+
+        conv = ml3d.layers.ContinuousConv(
+            in_channels=channels,
+            filters=channels,
+            kernel_size=[4, 4, 4],
+            activation=None,
+            use_bias=False,
+            normalize=True,
+        )
+        valid = idx >= 0
+        nbr = idx[valid].to(torch.int32)
+        splits = torch.zeros(n + 1, dtype=torch.int64)
+        splits[1:] = torch.cumsum(valid.sum(1), 0)
+        radius = torch.where(valid, dist2, torch.zeros_like(dist2)).clamp(min=0).amax(1).sqrt()
+        extents = (2.0 * radius * 1.001).clamp(min=1e-3)
+        return (
+            lambda feat: conv(
+                feat,
+                pos,
+                pos,
+                extents=extents,
+                user_neighbors_index=nbr,
+                user_neighbors_row_splits=splits,
+            ),
+            list(conv.parameters()),
+        )
+    raise ValueError(f"unknown method {method!r}")
+
+
+def run_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Time and measure one case; returns the JSON-able result."""
+    import torch
+
+    from pcseg.ops import knn
+
+    torch.manual_seed(0)
+    hidden = tuple(int(h) for h in args.hidden.split(",") if h)
+    pos, note = _points(args.size)
+    found = knn(pos, pos, args.k)
+    fn, params = _build(args.method, pos, found.idx, found.dist2, args.channels, hidden)
+    feat = torch.randn(len(pos), args.channels, requires_grad=True)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            fn(feat)
+
+    def fwd_bwd() -> None:
+        out = fn(feat)
+        grads = torch.autograd.grad(out, [feat, *params], torch.ones_like(out))
+        del out, grads
+
+    fwd_bwd()  # warm-up: lazy imports, thread pools, allocator
+    result: dict[str, Any] = {"n": len(pos), "note": note, "threads": torch.get_num_threads()}
+    for phase, f in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        times, peaks = [], []
+        for _ in range(args.repeat):
+            _reset_peak()
+            base = _status_kb("VmRSS")
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+            peaks.append((_status_kb("VmHWM") - base) / 1024)
+        result[phase] = {
+            "min_s": min(times),
+            "median_s": statistics.median(times),
+            "peak_mb": max(peaks),
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------
+
+
+def _mem_available_mb() -> float:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def _naive_estimate_mb(n: int, k: int, c: int) -> float:
+    """The naive forms hold the M x K x C_in x C_out kernel tensor and its gradient."""
+    return 2.2 * n * k * c * c * 4 / 2**20
+
+
+def _approx_n(size: str) -> int:
+    return 124_668 if size == "real" else int(size)
+
+
+def run_case(size: str, hidden: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--size",
+        size,
+        "--hidden",
+        hidden,
+        "--method",
+        method,
+        "--channels",
+        str(args.channels),
+        "--k",
+        str(args.k),
+        "--repeat",
+        str(args.repeat),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:120]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt_ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.1f}x" if a and b else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="20000,real", help="comma list: N (crop) or 'real'")
+    parser.add_argument("--channels", type=int, default=64, help="C_in = C_out")
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument(
+        "--hidden", nargs="+", default=["16,16", "16,32"], help="kernel_hidden per run"
+    )
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-naive", action="store_true", help="no reference / nnconv rows")
+    parser.add_argument(
+        "--naive-max", type=int, default=30_000, help="largest N for the naive forms"
+    )
+    parser.add_argument("--skip-knn", action="store_true")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per case")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.hidden = args.hidden[0] if isinstance(args.hidden, list) else args.hidden
+        print(json.dumps(run_worker(args)))
+        return
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 140))
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    methods = [m for m in args.methods.split(",") if m]
+    cases, skipped = [], []
+    for size in sizes:
+        for hidden in args.hidden:
+            for method in methods:
+                n = _approx_n(size)
+                if method in NAIVE:
+                    need = _naive_estimate_mb(n, args.k, args.channels)
+                    if args.skip_naive or n > args.naive_max:
+                        skipped.append(
+                            f"{method} at N={size}: naive form skipped (--naive-max/--skip-naive)"
+                        )
+                        continue
+                    if need > 0.8 * _mem_available_mb():
+                        skipped.append(f"{method} at N={size}: needs ~{need:.0f} MB, not available")
+                        continue
+                cases.append((size, hidden, method))
+
+    rows: list[dict[str, Any]] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("continuous conv cases", total=len(cases))
+        for size, hidden, method in cases:
+            progress.update(task, description=f"N={size} hidden=({hidden}) {method}")
+            res = run_case(size, hidden, method, args)
+            rows.append({"size": size, "hidden": hidden, "method": method, **res})
+            progress.advance(task)
+
+    table = Table(
+        title=f"ContinuousConv layer, C_in = C_out = {args.channels}, K = {args.k}, "
+        f"min of {args.repeat} (median), peak = extra RSS of the phase"
+    )
+    for col in (
+        "N",
+        "hidden",
+        "method",
+        "fwd ms",
+        "fwd+bwd ms",
+        "fwd MB",
+        "fwd+bwd MB",
+        "nnconv/this time",
+        "nnconv/this mem",
+        "open3d/this time",
+    ):
+        table.add_column(col, justify="left" if col in ("N", "hidden", "method") else "right")
+    for row in rows:
+        peers = {
+            r["method"]: r for r in rows if (r["size"], r["hidden"]) == (row["size"], row["hidden"])
+        }
+
+        def get(r: dict[str, Any] | None, phase: str, key: str) -> float | None:
+            return r[phase][key] if r and "error" not in r else None
+
+        if "error" in row:
+            table.add_row(row["size"], row["hidden"], row["method"], row["error"], *[""] * 6)
+            continue
+        fb = get(row, "fwd_bwd", "min_s")
+        table.add_row(
+            str(row["n"]),
+            row["hidden"],
+            row["method"],
+            f"{row['fwd']['min_s'] * 1e3:.0f} ({row['fwd']['median_s'] * 1e3:.0f})",
+            f"{fb * 1e3:.0f} ({row['fwd_bwd']['median_s'] * 1e3:.0f})",
+            f"{row['fwd']['peak_mb']:.0f}",
+            f"{row['fwd_bwd']['peak_mb']:.0f}",
+            _fmt_ratio(get(peers.get("nnconv"), "fwd_bwd", "min_s"), fb),
+            _fmt_ratio(
+                get(peers.get("nnconv"), "fwd_bwd", "peak_mb"), get(row, "fwd_bwd", "peak_mb")
+            ),
+            _fmt_ratio(get(peers.get("open3d"), "fwd_bwd", "min_s"), fb),
+        )
+    notes = sorted({r["note"] for r in rows if "note" in r})
+    threads = sorted({r["threads"] for r in rows if "threads" in r})
+    console.print(table)
+    console.print(f"data: {'; '.join(notes)}; torch threads: {threads}")
+    for line in skipped:
+        console.print(f"[yellow]skipped[/yellow] {line}")
+
+    if not args.skip_knn:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        try:
+            from bench_knn import knn_table, run_knn_benchmark
+        except ImportError as exc:
+            console.print(
+                f"[yellow]KNN section skipped[/yellow]: scripts/bench_knn.py not usable ({exc})"
+            )
+        else:
+            with Progress(console=console, transient=True) as progress:
+                knn_rows = run_knn_benchmark(k=args.k, progress=progress)
+            console.print(knn_table(knn_rows))
+            rows.append({"knn": knn_rows})
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
