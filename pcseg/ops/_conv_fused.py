@@ -128,8 +128,11 @@ def _backward_chunk(
     head: torch.Tensor,
     grad: torch.Tensor,
     grad_head: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulate grad_head; return (grad_rows (n, K, C), grad_phi+ (n, K, H+1)) for one chunk.
+    need_rows: bool = True,
+    need_phi: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Accumulate grad_head; return (grad_rows (n, K, C), grad_phi+ (n, K, H+1)) for one chunk,
+    each None when not needed (e.g. a first layer whose features are data).
 
     Padded neighbours have phi+ = 0, so they add nothing to grad_head or grad_rows; their
     grad_phi+ is masked by the caller.
@@ -140,7 +143,9 @@ def _backward_chunk(
         if grad_head is not None:
             grad_head.addmm_(a.flatten(1).t(), grad)
         grad_a = torch.mm(grad, head.t()).view(n, h1, -1)
-        grad_rows = torch.bmm(phi_aug, grad_a)
+        grad_rows = torch.bmm(phi_aug, grad_a) if need_rows else None
+        if not need_phi:
+            return grad_rows, None
         # (grad_A F^T)^T, not F grad_A^T: MKL is ~5x faster with the long C axis contracted
         # and the small H+1 axis as rows than with H+1 as the output's last dimension.
         grad_phi_aug = torch.bmm(grad_a, rows.transpose(1, 2)).transpose(1, 2)
@@ -150,10 +155,11 @@ def _backward_chunk(
     flat_phi = phi_aug.view(n * k, h1)
     if grad_head is not None:
         grad_head.addmm_(flat_phi.t(), t)
-    grad_phi_aug = torch.mm(t, head.t()).view(n, k, h1)
+    grad_phi_aug = torch.mm(t, head.t()).view(n, k, h1) if need_phi else None
+    if not need_rows:
+        return None, grad_phi_aug
     g = torch.mm(flat_phi, head, out=work.g_buf[: n * k])
-    grad_rows = g.view(n, k, -1).mul_(go)
-    return grad_rows, grad_phi_aug
+    return g.view(n, k, -1).mul_(go), grad_phi_aug
 
 
 class FusedContinuousConv(torch.autograd.Function):
@@ -221,10 +227,13 @@ class FusedContinuousConv(torch.autograd.Function):
                 phi = ctx.hidden(z)
             phi_aug = work.phi_aug(phi.detach(), s, e)
             rows = work.gather(s, e)
-            grad_rows, grad_phi_aug = _backward_chunk(mode, work, phi_aug, rows, head, g, grad_head)
+            use_phi = need_phi and phi.requires_grad
+            grad_rows, grad_phi_aug = _backward_chunk(
+                mode, work, phi_aug, rows, head, g, grad_head, need_feat, use_phi
+            )
             if need_feat:
                 grad_feat.index_add_(0, work.safe[s:e].reshape(-1), grad_rows.view(-1, work.c))
-            if need_phi and phi.requires_grad:
+            if use_phi:
                 grad_phi = grad_phi_aug[..., :-1]
                 grad_phi = grad_phi * work.valid[s:e].unsqueeze(-1)
                 inputs = ([z] if need_z else []) + wanted

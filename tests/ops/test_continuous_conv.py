@@ -286,3 +286,17 @@ def test_bad_inputs_raise_specific_errors():
         continuous_conv(feat, support, query, idx, mlp, impl="magic")
     with pytest.raises(TypeError, match=r"must end in nn\.Linear"):
         continuous_conv(feat, support, query, idx, nn.Sequential(nn.Linear(3, 12), nn.ReLU()))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_only_parameters_require_grad(impl, kernel):
+    """A first layer: features and positions are data, only the layer's parameters learn."""
+    feat, support, query, idx, mlp, weight = make_case(kernel, [9, 6], k=4, seed=7)
+    feat, support, query = feat.detach(), support.detach(), query.detach()
+    params = list(mlp.parameters()) + ([weight] if weight is not None else [])
+    args = (feat, support, query, idx, mlp, kernel, weight)
+    want = grads(continuous_conv_reference(*args), params)
+    got = grads(continuous_conv(*args, impl=impl), params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **F64)
