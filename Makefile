@@ -9,7 +9,7 @@ DATA_ROOT ?= data/synthetic_kitti
 .PHONY: train test test-fast data lint format clean-data help
 
 help:
-	@echo "make train   - set up .venv, build the embedded dataset if absent, train"
+	@echo "make train   - set up .venv, build the embedded dataset if absent, train (ARGS=overrides)"
 	@echo "make test    - set up .venv, run the test suite"
 	@echo "make data    - build the embedded synthetic dataset into $(DATA_ROOT)"
 	@echo "make lint    - ruff check + format check"
@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/bootstrap.sh
 	@touch $(STAMP)
 
-# Until the training loop lands (issue 4), `make train` builds the embedded dataset.
+# Builds the embedded dataset on first use, trains, prints the best checkpoint's IoU table.
+# Extra Hydra overrides: make train ARGS="trainer.max_epochs=2 model.net.width=16"
 train: $(STAMP)
-	$(PY) scripts/make_synthetic_dataset.py --root $(DATA_ROOT)
+	$(PY) train.py $(ARGS)
 
 data: $(STAMP)
 	$(PY) scripts/make_synthetic_dataset.py --root $(DATA_ROOT)
