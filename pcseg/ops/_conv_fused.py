@@ -14,7 +14,7 @@ chunk of queries it
    large matmul beats the batched tiny ones at equal FLOPs, and g lives only for one chunk.
 
 Why chunked: every per-neighbour tensor (z, the MLP activations, phi+, F) exists only for one
-chunk of ~800 queries (a few MiB, cache resident), and its buffers are reused across chunks.
+chunk of ~1600 queries (a few MiB, cache resident), and its buffers are reused across chunks.
 Nothing of size M x K is saved for backward: ctx keeps the inputs (feat, query, support, idx,
 W, the MLP's parameters) and backward recomputes z, phi+, F and A per chunk, then
 

@@ -21,11 +21,14 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-# Working-set target of one query chunk, in bytes (~800 queries at K = 16, 64 + 17 channels).
-# On the 2-core reference machine (1 MiB L2 per core, 16 MiB L3), 2 and 4 MiB were equally
-# fastest among 0.5..8 MiB for the full kernel (4 MiB slightly better for separable); smaller
-# chunks pay per-op dispatch and thread-barrier overhead, which grows when the cores are shared.
-CHUNK_BYTES = 4 << 20
+# Working-set target of one query chunk, in bytes (~1600 queries at K = 16, 64 + 17 channels).
+# On the 2-core reference machine (1 MiB L2 per core, 16 MiB L3) 2, 4 and 8 MiB were within 4 %
+# of each other when the cores were idle (0.5 MiB: 40 % slower, dispatch overhead). When other
+# processes share the cores, every small parallel op waits at an OpenMP barrier for a
+# descheduled thread, so time grows with the NUMBER of ops: measured 4 MiB 16-67 s, 16 MiB
+# 5-19 s, 64 MiB 9-10 s for a 120k layer that takes 1.5 s idle. 8 MiB halves the op count of
+# 4 MiB at ~3 % idle cost.
+CHUNK_BYTES = 8 << 20
 MIN_CHUNK, MAX_CHUNK = 32, 8192
 
 
