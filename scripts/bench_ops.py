@@ -24,7 +24,9 @@ resets the kernel's peak-RSS counter (writing 5 to /proc/self/clear_refs resets 
 VmRSS, runs the phase and reads VmHWM: "peak MB" is VmHWM - VmRSS before the phase, the extra
 resident memory the phase needed (max over repeats). Times are wall clock, min and median over
 repeats; gradients are taken w.r.t. feat and all parameters (positions are data). Ratios are
-computed between rows of the same run. The KNN rows come from scripts/bench_knn.py.
+computed between rows of the same run. "load" is the 1-minute load average around the case:
+above ~2 on 2 cores other processes shared them and times are inflated (the chunked fast paths,
+made of many short multi-threaded ops, suffer most). The KNN rows come from scripts/bench_knn.py.
 """
 
 from __future__ import annotations
@@ -247,11 +249,13 @@ def run_case(size: str, hidden: str, method: str, args: argparse.Namespace) -> d
         "--repeat",
         str(args.repeat),
     ]
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    load = max(load_before, os.getloadavg()[0])
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         return {"error": f"exit {proc.returncode}: {tail[0][:120]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load": load}
 
 
 def _fmt_ratio(a: float | None, b: float | None) -> str:
@@ -332,6 +336,7 @@ def main() -> None:
         "nnconv/this time",
         "nnconv/this mem",
         "open3d/this time",
+        "load",
     ):
         table.add_column(col, justify="left" if col in ("N", "hidden", "method") else "right")
     for row in rows:
@@ -343,7 +348,7 @@ def main() -> None:
             return r[phase][key] if r and "error" not in r else None
 
         if "error" in row:
-            table.add_row(row["size"], row["hidden"], row["method"], row["error"], *[""] * 6)
+            table.add_row(row["size"], row["hidden"], row["method"], row["error"], *[""] * 7)
             continue
         fb = get(row, "fwd_bwd", "min_s")
         table.add_row(
@@ -359,6 +364,7 @@ def main() -> None:
                 get(peers.get("nnconv"), "fwd_bwd", "peak_mb"), get(row, "fwd_bwd", "peak_mb")
             ),
             _fmt_ratio(get(peers.get("open3d"), "fwd_bwd", "min_s"), fb),
+            f"{row['load']:.1f}",
         )
     notes = sorted({r["note"] for r in rows if "note" in r})
     threads = sorted({r["threads"] for r in rows if "threads" in r})
