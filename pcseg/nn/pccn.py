@@ -3,7 +3,8 @@
 Input features are lifted by a linear layer; a stack of residual blocks (continuous conv,
 BatchNorm, ReLU, skip) runs over the K-nearest-neighbour window of every point, with the
 neighbours searched ONCE per forward pass and shared by all layers; the outputs of all blocks
-are concatenated with a max-pooled feature of each cloud and classified point by point.
+are concatenated with a max-pooled feature of each cloud (the global context the paper adds)
+and classified point by point.
 """
 
 from __future__ import annotations
@@ -95,9 +96,8 @@ class PCCN(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualContinuousBlock(width, kernel_hidden, kernel) for _ in range(depth)
         )
-        concat = width * depth
         layers: list[nn.Module] = []
-        prev = 2 * concat  # block outputs + their per-cloud max
+        prev = width * depth + width  # every block's output + the last block's per-cloud max
         for h in head_hidden:
             layers += [nn.Linear(prev, h, bias=False), nn.BatchNorm1d(h), nn.ReLU()]
             prev = h
@@ -117,6 +117,5 @@ class PCCN(nn.Module):
         for block in self.blocks:
             h = block(h, coord, idx)
             outputs.append(h)
-        local = torch.cat(outputs, dim=1)
-        pooled = segment_max(local, batch.offset)[offset_to_batch(batch.offset)]
-        return self.head(torch.cat([local, pooled], dim=1))
+        pooled = segment_max(h, batch.offset)[offset_to_batch(batch.offset)]
+        return self.head(torch.cat([*outputs, pooled], dim=1))
