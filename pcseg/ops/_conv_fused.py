@@ -31,6 +31,8 @@ it must be stateless (Linear/activation layers: no BatchNorm or Dropout) for tha
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -162,12 +164,71 @@ def _backward_chunk(
     return g.view(n, k, -1).mul_(go), grad_phi_aug
 
 
+# Chunks are processed by this many Python threads, each running single-threaded torch ops
+# (None: torch.get_num_threads()). Why not torch's own intra-op threads: every op of a chunk is
+# short, and an OpenMP parallel op ends at a barrier that waits for its slowest thread; when
+# other processes share the cores, a descheduled thread stalls every op for a scheduler
+# timeslice. Measured on 2 shared cores at 2k points: 450 ms forward with 2 OpenMP threads,
+# 38 ms with 1. Independent chunk workers never wait for each other (the GIL is released
+# inside every op), so they keep both cores busy when idle and degrade gracefully when not.
+CHUNK_WORKERS: int | None = None
+
+
+def run_chunks(m: int, size: int, body: Callable[[int, int, int], None], workers: int) -> None:
+    """Call ``body(start, end, slot)`` for every query chunk, under ``torch.no_grad()``.
+
+    With ``workers`` > 1 the chunks are shared by that many threads (slot = the thread's index,
+    so it can own buffers and gradient accumulators); each sets its intra-op threads to 1 and the
+    caller's setting is restored afterwards.
+    """
+    ranges = list(chunks(m, size))
+    if workers <= 1 or len(ranges) < 2:
+        with torch.no_grad():
+            for s, e in ranges:
+                body(s, e, 0)
+        return
+    pending = iter(ranges)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    outer = torch.get_num_threads()
+
+    def work(slot: int) -> None:
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                while not errors:
+                    with lock:
+                        nxt = next(pending, None)
+                    if nxt is None:
+                        return
+                    body(nxt[0], nxt[1], slot)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(outer)
+    if errors:
+        raise errors[0]
+
+
+def _workers(m: int, size: int) -> int:
+    n = CHUNK_WORKERS if CHUNK_WORKERS is not None else torch.get_num_threads()
+    return max(1, min(n, -(-m // max(size, 1))))
+
+
 class FusedContinuousConv(torch.autograd.Function):
     """See the module docstring. Inputs after ``mode`` are the hidden MLP's parameters.
 
     feat: (N, C) float (features, or feat @ weight for separable); query (M, 3); support (N, 3);
     idx (M, K) int64 with -1 padding; head: (H+1)*C x C_out (full) or (H+1, C_out) (separable);
     inv_count: (M,) 1/K_i (or ones when not normalising), 0 for queries without neighbours.
+    Chunks run on :func:`run_chunks` workers, each with its own buffers and accumulators.
     """
 
     @staticmethod
@@ -185,14 +246,21 @@ class FusedContinuousConv(torch.autograd.Function):
         *params: torch.Tensor,
     ) -> torch.Tensor:
         m = idx.shape[0]
-        c_out = head.shape[-1]
-        out = feat.new_empty(m, c_out)
-        work = _Chunk(feat, query, support, idx, hidden, h_aug, head.shape[-1])
-        with torch.no_grad():
-            for s, e in chunks(m, work.size):
-                phi_aug = work.phi_aug(hidden(work.offsets(s, e)), s, e)
-                _forward_chunk(mode, work, phi_aug, work.gather(s, e), head, out[s:e])
-        out.mul_(inv_count.unsqueeze(1))
+        out = feat.new_empty(m, head.shape[-1])
+        size = chunk_size(idx.shape[1], feat.shape[1] + h_aug)
+        n_workers = _workers(m, size)
+        works = [
+            _Chunk(feat, query, support, idx, hidden, h_aug, head.shape[-1])
+            for _ in range(n_workers)
+        ]
+
+        def body(s: int, e: int, slot: int) -> None:
+            work = works[slot]
+            phi_aug = work.phi_aug(hidden(work.offsets(s, e)), s, e)
+            _forward_chunk(mode, work, phi_aug, work.gather(s, e), head, out[s:e])
+            out[s:e].mul_(inv_count[s:e].unsqueeze(1))
+
+        run_chunks(m, size, body, n_workers)
         ctx.save_for_backward(feat, query, support, idx, head, inv_count, *params)
         ctx.hidden, ctx.h_aug, ctx.mode = hidden, h_aug, mode
         return out
@@ -206,60 +274,80 @@ class FusedContinuousConv(torch.autograd.Function):
         need_params = [bool(x) for x in need[9:]]
         need_z = need_query or need_support
         need_phi = need_z or any(need_params)
-        mode = ctx.mode
+        mode, hidden = ctx.mode, ctx.hidden
         m = idx.shape[0]
-        work = _Chunk(feat, query, support, idx, ctx.hidden, ctx.h_aug, head.shape[-1])
+        size = chunk_size(idx.shape[1], feat.shape[1] + ctx.h_aug)
+        n_workers = _workers(m, size)
         grad = grad_out * inv_count.unsqueeze(1)
-
-        grad_feat = torch.zeros_like(feat) if need_feat else None
-        grad_query = torch.zeros_like(query) if need_query else None
-        grad_support = torch.zeros_like(support) if need_support else None
-        grad_head = torch.zeros_like(head) if need_head else None
-        grad_params = [
-            torch.zeros_like(p) if n else None for p, n in zip(params, need_params, strict=True)
-        ]
         wanted = [p for p, n in zip(params, need_params, strict=True) if n]
+        slots = [i for i, n in enumerate(need_params) if n]
 
-        for s, e in chunks(m, work.size):
-            g = grad[s:e]
+        def zeros(t: torch.Tensor, needed: bool) -> list[torch.Tensor | None]:
+            return [torch.zeros_like(t) if needed else None for _ in range(n_workers)]
+
+        # Accumulators per worker (scatter-adds from two threads into one tensor would race);
+        # grad_query rows are disjoint per chunk, so it is written in place.
+        grad_feat = zeros(feat, need_feat)
+        grad_support = zeros(support, need_support)
+        grad_head = zeros(head, need_head)
+        grad_params = [
+            [torch.zeros_like(p) if n else None for p, n in zip(params, need_params, strict=True)]
+            for _ in range(n_workers)
+        ]
+        grad_query = torch.zeros_like(query) if need_query else None
+        works = [
+            _Chunk(feat, query, support, idx, hidden, ctx.h_aug, head.shape[-1])
+            for _ in range(n_workers)
+        ]
+
+        def body(s: int, e: int, slot: int) -> None:
+            work = works[slot]
             z = work.offsets(s, e).detach().requires_grad_(need_z)
-            with torch.set_grad_enabled(need_phi):
-                phi = ctx.hidden(z)
+            with torch.enable_grad() if need_phi else torch.no_grad():
+                phi = hidden(z)
+            use_phi = need_phi and phi.requires_grad
             phi_aug = work.phi_aug(phi.detach(), s, e)
             rows = work.gather(s, e)
-            use_phi = need_phi and phi.requires_grad
             grad_rows, grad_phi_aug = _backward_chunk(
-                mode, work, phi_aug, rows, head, g, grad_head, need_feat, use_phi
+                mode, work, phi_aug, rows, head, grad[s:e], grad_head[slot], need_feat, use_phi
             )
+            flat_idx = work.safe[s:e].reshape(-1)
             if need_feat:
-                grad_feat.index_add_(0, work.safe[s:e].reshape(-1), grad_rows.view(-1, work.c))
-            if use_phi:
-                grad_phi = grad_phi_aug[..., :-1]
-                grad_phi = grad_phi * work.valid[s:e].unsqueeze(-1)
-                inputs = ([z] if need_z else []) + wanted
-                got = torch.autograd.grad(phi, inputs, grad_phi, allow_unused=True)
-                got = list(got)
-                if need_z:
-                    grad_z = got.pop(0)
-                    if grad_query is not None:
-                        grad_query[s:e] = grad_z.sum(1)
-                    if grad_support is not None:
-                        grad_support.index_add_(
-                            0, work.safe[s:e].reshape(-1), grad_z.reshape(-1, 3), alpha=-1
-                        )
-                slots = [i for i, n in enumerate(need_params) if n]
-                for slot, gp in zip(slots, got, strict=True):
-                    if gp is not None:
-                        grad_params[slot].add_(gp)
+                grad_feat[slot].index_add_(0, flat_idx, grad_rows.view(-1, work.c))
+            if not use_phi:
+                return
+            grad_phi = grad_phi_aug[..., :-1] * work.valid[s:e].unsqueeze(-1)
+            inputs = ([z] if need_z else []) + wanted
+            got = list(torch.autograd.grad(phi, inputs, grad_phi, allow_unused=True))
+            if need_z:
+                grad_z = got.pop(0)
+                if grad_query is not None:
+                    grad_query[s:e] = grad_z.sum(1)
+                if need_support:
+                    grad_support[slot].index_add_(0, flat_idx, grad_z.reshape(-1, 3), alpha=-1)
+            for i, gp in zip(slots, got, strict=True):
+                if gp is not None:
+                    grad_params[slot][i].add_(gp)
+
+        run_chunks(m, size, body, n_workers)
+
+        def total(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            if parts[0] is None:
+                return None
+            for extra in parts[1:]:
+                parts[0].add_(extra)
+            return parts[0]
+
+        param_grads = [total([g[i] for g in grad_params]) for i in range(len(params))]
         return (
-            grad_feat,
+            total(grad_feat),
             grad_query,
-            grad_support,
+            total(grad_support),
             None,
-            grad_head,
-            None,
-            None,
+            total(grad_head),
             None,
             None,
-            *grad_params,
+            None,
+            None,
+            *param_grads,
         )
