@@ -41,7 +41,7 @@ def load_run(ckpt_path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
 
 def _data_config(run_cfg: DictConfig, overrides: DictConfig) -> DictConfig:
     data_cfg = run_cfg.data.copy()
-    for key in ("root", "batch_size", "num_workers"):
+    for key in ("root", "sequences", "batch_size", "num_workers"):
         if overrides.get(key) is not None:
             data_cfg[key] = overrides[key]
     data_cfg.generate = bool(data_cfg.get("generate")) and overrides.get("root") is None
