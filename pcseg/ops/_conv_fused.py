@@ -175,7 +175,8 @@ CHUNK_WORKERS: int | None = None
 
 
 def run_chunks(m: int, size: int, body: Callable[[int, int, int], None], workers: int) -> None:
-    """Call ``body(start, end, slot)`` for every query chunk, under ``torch.no_grad()``.
+    """Call ``body(start, end, slot)`` for every query chunk, under ``torch.no_grad()`` (and the
+    caller's inference mode).
 
     With ``workers`` > 1 the chunks are shared by that many threads (slot = the thread's index,
     so it can own buffers and gradient accumulators); each sets its intra-op threads to 1 and the
@@ -191,11 +192,15 @@ def run_chunks(m: int, size: int, body: Callable[[int, int, int], None], workers
     lock = threading.Lock()
     errors: list[BaseException] = []
     outer = torch.get_num_threads()
+    # Inference mode is thread-local: a caller under torch.inference_mode() (Lightning's
+    # validate/predict) allocates inference tensors that the workers write into, so the
+    # workers must run in the same mode.
+    inference = torch.is_inference_mode_enabled()
 
     def work(slot: int) -> None:
         torch.set_num_threads(1)
         try:
-            with torch.no_grad():
+            with torch.inference_mode(inference), torch.no_grad():
                 while not errors:
                     with lock:
                         nxt = next(pending, None)

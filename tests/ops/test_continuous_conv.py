@@ -307,3 +307,27 @@ def test_only_parameters_require_grad(impl, kernel):
     got = grads(continuous_conv(*args, impl=impl), params)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **F64)
+
+
+@pytest.mark.parametrize("kernel", ["full", "separable"])
+def test_fused_path_under_inference_mode_matches_no_grad(kernel: str) -> None:
+    """Lightning validates under torch.inference_mode(); the chunk workers must follow it."""
+    from pcseg.nn.continuous_conv import ContinuousConv
+    from pcseg.ops import _conv_fused, knn
+
+    torch.manual_seed(0)
+    m = 3 * chunk_size(8, 16)  # several chunks, so the worker threads run
+    pts = torch.rand(m, 3) * 10
+    idx = knn(pts, pts, 8).idx
+    conv = ContinuousConv(16, 16, kernel_hidden=(8,), kernel=kernel)
+    feat = torch.randn(m, 16)
+    old = _conv_fused.CHUNK_WORKERS
+    _conv_fused.CHUNK_WORKERS = 2  # force several worker threads whatever this machine has
+    try:
+        with torch.no_grad():
+            expected = conv(feat, pts, pts, idx)
+        with torch.inference_mode():
+            got = conv(feat, pts, pts, idx)
+    finally:
+        _conv_fused.CHUNK_WORKERS = old
+    torch.testing.assert_close(got, expected)
