@@ -214,4 +214,3 @@ def knn(
     fn = _backend_fn(resolve_backend(backend, query.device))
     idx, dist2 = _KNNFunction.apply(query, support, k, query_offset, support_offset, fn)
     return KNNResult(idx, dist2)
-
