@@ -83,9 +83,11 @@ def test_every_config_option_composes(tmp_path):
         ["debug=default"],
         ["experiment=pccn_kitti", "data.root=/x"],
         ["data=synthetic"],
+        ["model=pccn_unet"],
     ):
         cfg = compose_train(overrides, tmp_path)
         assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+        instantiate(cfg.model)  # every model config builds
 
 
 def test_fast_dev_run(toy_root, tmp_path):

@@ -119,3 +119,88 @@ class PCCN(nn.Module):
             outputs.append(h)
         pooled = segment_max(h, batch.offset)[offset_to_batch(batch.offset)]
         return self.head(torch.cat([*outputs, pooled], dim=1))
+
+
+def strided_subsample(offset: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``stride``-th point of each cloud (at least one per non-empty cloud).
+
+    Voxelised clouds are stored in voxel-key order, so a stride keeps a spatially even subset.
+    Returns (rows (M,) int64 into the packed points, coarse offset (B,) int64).
+    """
+    starts = offset - torch.diff(offset, prepend=offset.new_zeros(1))
+    rows = [torch.arange(int(s), int(e), stride) for s, e in zip(starts, offset, strict=True)]
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    return torch.cat(rows).to(offset.device), torch.cumsum(lengths, 0).to(offset.device)
+
+
+class PCCNEncoderDecoder(PCCN):
+    """PCCN with one coarser level for a larger receptive field on full scans.
+
+    Fine blocks run on every point; a continuous conv carries features from the fine points to
+    a strided subset (queries differ from supports, which the layer allows), more blocks run
+    there with a wider neighbourhood in metres, and a last continuous conv brings them back to
+    every fine point. The head sees fine features, decoded coarse features and the global max.
+
+    Args (beyond :class:`PCCN`'s): ``coarse_depth`` blocks at the coarse level, ``stride``
+    (1 coarse point per ``stride`` fine points); ``depth`` counts the fine blocks.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        width: int = 32,
+        depth: int = 3,
+        coarse_depth: int = 3,
+        stride: int = 4,
+        k: int = 16,
+        kernel: str = "separable",
+        kernel_hidden: Sequence[int] = (16, 32),
+        kernel_scale: float = 1.0,
+        head_hidden: Sequence[int] = (128, 64),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            num_classes,
+            width=width,
+            depth=depth,
+            k=k,
+            kernel=kernel,
+            kernel_hidden=kernel_hidden,
+            kernel_scale=kernel_scale,
+            head_hidden=head_hidden,
+            dropout=dropout,
+        )
+        self.stride = stride
+        hidden = tuple(kernel_hidden)
+        self.down = ContinuousConv(width, width, kernel_hidden=hidden, kernel=kernel)
+        self.coarse_blocks = nn.ModuleList(
+            ResidualContinuousBlock(width, hidden, kernel) for _ in range(coarse_depth)
+        )
+        self.up = ContinuousConv(width, width, kernel_hidden=hidden, kernel=kernel)
+        self.up_norm = nn.BatchNorm1d(width)
+        first = self.head[0]
+        self.head[0] = nn.Linear(first.in_features + width, first.out_features, bias=False)
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
+        fine_idx = self.neighbours(batch)
+        coord = batch.coord / self.kernel_scale
+        h = self.stem(self.input_norm(batch.feat))
+        outputs = []
+        for block in self.blocks:
+            h = block(h, coord, fine_idx)
+            outputs.append(h)
+        rows, coarse_offset = strided_subsample(batch.offset, self.stride)
+        coarse_xyz = batch.coord[rows]
+        down_idx = knn(coarse_xyz, batch.coord, self.k, coarse_offset, batch.offset).idx
+        coarse_idx = knn(coarse_xyz, coarse_xyz, self.k, coarse_offset, coarse_offset).idx
+        up_idx = knn(batch.coord, coarse_xyz, self.k, batch.offset, coarse_offset).idx
+        coarse = coarse_xyz / self.kernel_scale
+        c = torch.relu(self.down(h, coord, coarse, down_idx))
+        for block in self.coarse_blocks:
+            c = block(c, coarse, coarse_idx)
+        up = torch.relu(self.up_norm(self.up(c, coarse, coord, up_idx)))
+        pooled = segment_max(c, coarse_offset)[offset_to_batch(batch.offset)]
+        return self.head(torch.cat([*outputs, up, pooled], dim=1))

@@ -57,3 +57,37 @@ def test_clouds_in_a_batch_do_not_see_each_other():
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="must be >= 1"):
         PCCN(5, 20, depth=0)
+
+
+def test_encoder_decoder_shapes_and_cloud_independence():
+    from pcseg.nn.pccn import PCCNEncoderDecoder, strided_subsample
+
+    rows, off = strided_subsample(torch.tensor([10, 13, 20]), 4)
+    assert rows.tolist() == [0, 4, 8, 10, 13, 17] and off.tolist() == [3, 4, 6]
+    torch.manual_seed(0)
+    net = PCCNEncoderDecoder(
+        5,
+        20,
+        width=8,
+        depth=1,
+        coarse_depth=2,
+        stride=3,
+        k=5,
+        kernel_hidden=(8,),
+        head_hidden=(16,),
+    )
+    a, b = make_batch([40], seed=1), make_batch([25], seed=2)
+    both = PointBatch(
+        coord=torch.cat([a.coord, b.coord]),
+        feat=torch.cat([a.feat, b.feat]),
+        offset=torch.tensor([40, 65]),
+    )
+    logits = net(both)
+    assert logits.shape == (65, 20)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        joint = net(both)
+        torch.testing.assert_close(joint[:40], net(a))
+        torch.testing.assert_close(joint[40:], net(b))
