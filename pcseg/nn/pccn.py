@@ -16,7 +16,7 @@ from torch import nn
 
 from pcseg.nn.continuous_conv import ContinuousConv
 from pcseg.ops import knn
-from pcseg.structures import PointBatch, offset_to_batch
+from pcseg.structures import PointBatch, offset_to_batch, offset_to_starts
 
 
 class ResidualContinuousBlock(nn.Module):
@@ -108,8 +108,10 @@ class PCCN(nn.Module):
         """(N, K) int64 indices of each point's K nearest neighbours within its own cloud."""
         return knn(batch.coord, batch.coord, self.k, batch.offset, batch.offset).idx
 
-    def forward(self, batch: PointBatch) -> torch.Tensor:
-        """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
+    def encode_fine(self, batch: PointBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stem and residual blocks on every point, over one shared KNN window.
+
+        Returns the scaled coordinates (N, 3) and each block's output (N, width)."""
         idx = self.neighbours(batch)
         coord = batch.coord / self.kernel_scale
         h = self.stem(self.input_norm(batch.feat))
@@ -117,7 +119,12 @@ class PCCN(nn.Module):
         for block in self.blocks:
             h = block(h, coord, idx)
             outputs.append(h)
-        pooled = segment_max(h, batch.offset)[offset_to_batch(batch.offset)]
+        return coord, outputs
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
+        _, outputs = self.encode_fine(batch)
+        pooled = segment_max(outputs[-1], batch.offset)[offset_to_batch(batch.offset)]
         return self.head(torch.cat([*outputs, pooled], dim=1))
 
 
@@ -127,7 +134,7 @@ def strided_subsample(offset: torch.Tensor, stride: int) -> tuple[torch.Tensor, 
     Voxelised clouds are stored in voxel-key order, so a stride keeps a spatially even subset.
     Returns (rows (M,) int64 into the packed points, coarse offset (B,) int64).
     """
-    starts = offset - torch.diff(offset, prepend=offset.new_zeros(1))
+    starts = offset_to_starts(offset)
     rows = [torch.arange(int(s), int(e), stride) for s, e in zip(starts, offset, strict=True)]
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
     return torch.cat(rows).to(offset.device), torch.cumsum(lengths, 0).to(offset.device)
@@ -185,13 +192,8 @@ class PCCNEncoderDecoder(PCCN):
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
         """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
-        fine_idx = self.neighbours(batch)
-        coord = batch.coord / self.kernel_scale
-        h = self.stem(self.input_norm(batch.feat))
-        outputs = []
-        for block in self.blocks:
-            h = block(h, coord, fine_idx)
-            outputs.append(h)
+        coord, outputs = self.encode_fine(batch)
+        h = outputs[-1]
         rows, coarse_offset = strided_subsample(batch.offset, self.stride)
         coarse_xyz = batch.coord[rows]
         down_idx = knn(coarse_xyz, batch.coord, self.k, coarse_offset, batch.offset).idx
