@@ -41,9 +41,12 @@ def load_run(ckpt_path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
 
 def _data_config(run_cfg: DictConfig, overrides: DictConfig) -> DictConfig:
     data_cfg = run_cfg.data.copy()
-    for key in ("root", "sequences", "batch_size", "num_workers"):
+    for key in ("root", "sequences", "batch_size", "num_workers", "min_points"):
         if overrides.get(key) is not None:
             data_cfg[key] = overrides[key]
+    # Training skips bad scans; a score must cover every scan, so evaluation raises on the
+    # first bad one unless the user asks for data.on_bad_scan=skip.
+    data_cfg.on_bad_scan = overrides.get("on_bad_scan") or "raise"
     data_cfg.generate = bool(data_cfg.get("generate")) and overrides.get("root") is None
     return data_cfg
 
@@ -77,9 +80,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     export_dir = Path(cfg.export_dir) if cfg.get("export") else None
     has_labels = False
+    skipped: list[dict[str, str]] = []
     with Progress(transient=True) as progress:
         task = progress.add_task(f"evaluating {split}", total=len(dataset))
         for batch in loader:
+            skipped.extend(batch.skipped)
+            progress.advance(task, len(batch.skipped))
+            if batch.num_clouds == 0:
+                continue
             batch = batch.to(device)
             pred = model(batch).argmax(dim=1)
             for meta, full in zip(
@@ -97,6 +105,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             progress.advance(task, batch.num_clouds)
 
     console = Console()
+    for r in skipped:
+        console.print(f"[yellow]skipped (data.on_bad_scan=skip):[/] {r['path']}: {r['reason']}")
     metrics: dict[str, Any] = {}
     if has_labels:
         result = metric.compute()

@@ -84,12 +84,23 @@ class SegmentationModule(pl.LightningModule):
     def on_train_batch_start(self, batch: PointBatch, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
-    def training_step(self, batch: PointBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PointBatch, batch_idx: int) -> torch.Tensor | None:
+        if batch.num_clouds == 0:  # every scan of the batch was bad (data.on_bad_scan=skip)
+            return self._empty_batch_loss()
         logits = self(batch)
         loss = self.criterion(logits, batch.label)
         n = batch.num_clouds
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
+
+    def _empty_batch_loss(self) -> torch.Tensor | None:
+        """What training_step returns for a batch with no clouds: None skips the step (no
+        gradients, the optimiser leaves the weights alone). Lightning does not support None
+        under DDP, where every rank must join the gradient all-reduce: there this rank
+        contributes a zero loss over every trainable parameter, i.e. zero gradients."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
 
     def on_train_batch_end(self, outputs: Any, batch: PointBatch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._step_start
@@ -106,11 +117,15 @@ class SegmentationModule(pl.LightningModule):
         return pred
 
     def validation_step(self, batch: PointBatch, batch_idx: int) -> None:
+        if batch.num_clouds == 0:
+            return  # every scan of the batch was bad (data.on_bad_scan=skip)
         pred = self._eval_step(batch, self.val_iou, "val")
         if batch_idx * batch.num_clouds < self.hparams.log_images:
             self._log_bev(batch, pred, batch_idx)
 
     def test_step(self, batch: PointBatch, batch_idx: int) -> None:
+        if batch.num_clouds == 0:
+            return  # every scan of the batch was bad (data.on_bad_scan=skip)
         self._eval_step(batch, self.test_iou, "test")
 
     def _log_iou(self, metric: SemanticKITTIIoU, stage: str) -> None:

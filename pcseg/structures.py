@@ -58,6 +58,9 @@ class PointBatch:
         predictions back to full resolution.
     inverse_offset: (B,) int64, offsets of the original points (P total).
     meta: one dict per cloud (sequence, frame, paths) for logging and export.
+    skipped: scans the loader dropped from this batch under ``data.on_bad_scan=skip``, one dict
+        each (``scan_path``, ``kind``, ``reason``); they are not among the B clouds. A batch
+        whose scans were all bad has B = 0 and only ``skipped``.
     """
 
     coord: torch.Tensor
@@ -67,6 +70,7 @@ class PointBatch:
     inverse: torch.Tensor | None = None
     inverse_offset: torch.Tensor | None = None
     meta: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = self.coord.shape[0]

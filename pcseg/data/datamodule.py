@@ -14,6 +14,7 @@ from pcseg.data.collate import collate_point_clouds
 from pcseg.data.features import feature_channels
 from pcseg.data.labels import LabelMap, load_label_map
 from pcseg.data.semantickitti import SemanticKITTIDataset
+from pcseg.data.validation import DEFAULT_MIN_POINTS, check_policy
 
 #: Where the embedded synthetic dataset lives when ``root`` is not given.
 DEFAULT_SYNTHETIC_ROOT = PROJECT_ROOT / "data" / "synthetic_kitti"
@@ -35,6 +36,11 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         augment: training-only transform ``f(coord, rng) -> coord`` (see transforms.py).
         features: input feature names (see features.py).
         test_requires_labels: the official test split ships no labels; set True to demand them.
+        on_bad_scan: ``skip`` (default): a bad scan (corrupt, NaN/inf, too few points, label
+            file missing or wrong) is left out of its batch and reported at the end of the epoch
+            by :class:`~pcseg.callbacks.BadScanLogger`, so one bad file never kills a long run;
+            ``raise``: stop with the error naming the file (what evaluate.py uses).
+        min_points: fewest points a scan file may have (counted before voxelisation).
     """
 
     def __init__(
@@ -52,6 +58,8 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         test_requires_labels: bool = False,
+        on_bad_scan: str = "skip",
+        min_points: int = DEFAULT_MIN_POINTS,
     ) -> None:
         super().__init__()
         self.root = Path(root) if root is not None else DEFAULT_SYNTHETIC_ROOT
@@ -70,6 +78,8 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.test_requires_labels = test_requires_labels
+        self.on_bad_scan = check_policy(on_bad_scan)
+        self.min_points = min_points
         self.datasets: dict[str, SemanticKITTIDataset] = {}
 
     @property
@@ -106,6 +116,8 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
                 augment=self.augment if key == "train" else None,
                 features=self.features,
                 require_labels=key != "test" or self.test_requires_labels,
+                on_bad_scan=self.on_bad_scan,
+                min_points=self.min_points,
             )
         return self.datasets[key]
 

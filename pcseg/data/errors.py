@@ -12,11 +12,19 @@ from pathlib import Path
 
 
 class DatasetFileError(ValueError):
-    """A dataset file is missing, unreadable or malformed. ``path`` is the file."""
+    """A dataset file is missing, unreadable or malformed. ``path`` is the file.
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    ``kind`` is a short machine-readable name of the problem (``unreadable``, ``corrupt``,
+    ``empty``, ``non_finite``, ``count_mismatch``, ``unknown_ids``, ``missing``, ...), so
+    :mod:`pcseg.data.validation` can group problems without parsing messages.
+    """
+
+    kind = "invalid"
+
+    def __init__(self, path: str | Path, problem: str, kind: str | None = None) -> None:
         self.path = Path(path)
         self.problem = problem
+        self.kind = kind or type(self).kind
         super().__init__(f"{self.path}: {problem}")
 
 

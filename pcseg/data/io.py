@@ -30,16 +30,16 @@ def _read_bytes(path: Path, error: type[ScanFormatError] | type[LabelFormatError
     try:
         return path.read_bytes()
     except FileNotFoundError as e:
-        raise error(path, "file does not exist") from e
+        raise error(path, "file does not exist", kind="unreadable") from e
     except IsADirectoryError as e:
-        raise error(path, "is a directory, not a file") from e
+        raise error(path, "is a directory, not a file", kind="unreadable") from e
     except OSError as e:
-        raise error(path, f"cannot read file: {e.strerror or e}") from e
+        raise error(path, f"cannot read file: {e.strerror or e}", kind="unreadable") from e
 
 
 def _check_points(path: Path, xyz: np.ndarray, remission: np.ndarray) -> None:
     if xyz.shape[0] == 0:
-        raise ScanFormatError(path, "scan is empty (0 points)")
+        raise ScanFormatError(path, "scan is empty (0 points)", kind="empty")
     finite = np.isfinite(xyz).all(axis=1)
     if not finite.all():
         first = int(np.flatnonzero(~finite)[0])
@@ -47,10 +47,13 @@ def _check_points(path: Path, xyz: np.ndarray, remission: np.ndarray) -> None:
             path,
             f"{int((~finite).sum())} of {xyz.shape[0]} points have NaN/inf coordinates "
             f"(first at index {first})",
+            kind="non_finite",
         )
     if not np.isfinite(remission).all():
         raise ScanFormatError(
-            path, f"{int((~np.isfinite(remission)).sum())} points have NaN/inf remission"
+            path,
+            f"{int((~np.isfinite(remission)).sum())} points have NaN/inf remission",
+            kind="non_finite",
         )
 
 
@@ -58,7 +61,9 @@ def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raw = _read_bytes(path, ScanFormatError)
     if len(raw) % 16:
         raise ScanFormatError(
-            path, f"{len(raw)} bytes is not a multiple of 16 (float32 x, y, z, remission)"
+            path,
+            f"{len(raw)} bytes is not a multiple of 16 (float32 x, y, z, remission)",
+            kind="corrupt",
         )
     records = np.frombuffer(raw, dtype=np.float32).reshape(-1, 4)
     return np.ascontiguousarray(records[:, :3]), np.ascontiguousarray(records[:, 3])
@@ -68,15 +73,17 @@ def _read_open3d(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import open3d as o3d
 
     if not path.exists():
-        raise ScanFormatError(path, "file does not exist")
+        raise ScanFormatError(path, "file does not exist", kind="unreadable")
     if path.is_dir():
-        raise ScanFormatError(path, "is a directory, not a file")
+        raise ScanFormatError(path, "is a directory, not a file", kind="unreadable")
     try:
         pcd = o3d.t.io.read_point_cloud(str(path))
     except RuntimeError as e:  # Open3D raises RuntimeError on some malformed headers
-        raise ScanFormatError(path, f"Open3D cannot parse it: {e}") from e
+        raise ScanFormatError(path, f"Open3D cannot parse it: {e}", kind="corrupt") from e
     if "positions" not in pcd.point or pcd.point.positions.shape[0] == 0:
-        raise ScanFormatError(path, "scan is empty or unreadable (Open3D found no points)")
+        raise ScanFormatError(
+            path, "scan is empty or unreadable (Open3D found no points)", kind="empty"
+        )
     xyz = pcd.point.positions.numpy().astype(np.float32, copy=False).reshape(-1, 3)
     remission = np.zeros(xyz.shape[0], dtype=np.float32)
     for name in _INTENSITY_ATTRIBUTES:
@@ -100,7 +107,9 @@ def read_scan(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         xyz, remission = _read_open3d(path)
     else:
         raise ScanFormatError(
-            path, f"unknown scan format '{suffix}' (expected one of {', '.join(SCAN_SUFFIXES)})"
+            path,
+            f"unknown scan format '{suffix}' (expected one of {', '.join(SCAN_SUFFIXES)})",
+            kind="unknown_format",
         )
     _check_points(path, xyz, remission)
     return xyz, remission
@@ -116,11 +125,15 @@ def read_labels(path: str | Path, num_points: int | None = None) -> tuple[np.nda
     path = Path(path)
     raw = _read_bytes(path, LabelFormatError)
     if len(raw) % 4:
-        raise LabelFormatError(path, f"{len(raw)} bytes is not a multiple of 4 (uint32 per point)")
+        raise LabelFormatError(
+            path, f"{len(raw)} bytes is not a multiple of 4 (uint32 per point)", kind="corrupt"
+        )
     packed = np.frombuffer(raw, dtype=np.uint32)
     if num_points is not None and packed.shape[0] != num_points:
         raise LabelFormatError(
-            path, f"{packed.shape[0]} labels but the scan has {num_points} points"
+            path,
+            f"{packed.shape[0]} labels but the scan has {num_points} points",
+            kind="count_mismatch",
         )
     semantic = (packed & 0xFFFF).astype(np.int32)
     instance = (packed >> 16).astype(np.int32)

@@ -91,7 +91,9 @@ class LabelMap:
             )
             more = f" and {len(ids) - 8} more" if len(ids) > 8 else ""
             raise LabelFormatError(
-                path, f"unknown raw label ids not in the label map: {listed}{more}"
+                path,
+                f"unknown raw label ids not in the label map: {listed}{more}",
+                kind="unknown_ids",
             )
         return train
 
