@@ -2,11 +2,12 @@
 """Build the embedded synthetic LiDAR dataset (SemanticKITTI layout).
 
     python scripts/make_synthetic_dataset.py                         # data/synthetic_kitti
-    python scripts/make_synthetic_dataset.py --frames 50 --sequences 6 --force
+    python scripts/make_synthetic_dataset.py --frames 10 --sequences 40 --force
 
 Reuses a complete dataset with the same arguments unless --force. ``--frames`` sets the frames
-per training sequence (validation and test get half as many, as in the default layout);
-``--sequences`` the number of training sequences (then one validation and one test sequence).
+per training sequence (validation and test get 3/5 as many, as in the default layout);
+``--sequences`` the number of training sequences, then ``--eval-sequences`` validation and as
+many test sequences (default 4: one per street layout).
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ from pcseg.data.synthetic import (
 )
 
 
-def sequences_for(n_train: int, frames: int) -> dict[int, int]:
-    """Sequence id -> frames: ``n_train`` training sequences of ``frames`` frames, then one
-    validation and one test sequence scaled like the defaults (12/25 of ``frames``)."""
+def sequences_for(n_train: int, frames: int, n_eval: int) -> dict[int, int]:
+    """Sequence id -> frames: ``n_train`` training sequences of ``frames`` frames, then
+    ``n_eval`` validation and ``n_eval`` test sequences scaled like the defaults (3/5 of
+    ``frames``, at least 1)."""
     if n_train < 1:
         raise ValueError(f"--sequences must be >= 1, got {n_train}")
     if frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
+    if n_eval < 1:
+        raise ValueError(f"--eval-sequences must be >= 1, got {n_eval}")
     train_frames = DEFAULT_SEQUENCES[DEFAULT_SPLIT["train"][0]]
     other = max(1, round(frames * DEFAULT_SEQUENCES[DEFAULT_SPLIT["valid"][0]] / train_frames))
     seqs = dict.fromkeys(range(n_train), frames)
-    seqs[n_train] = other
-    seqs[n_train + 1] = other
+    seqs.update(dict.fromkeys(range(n_train, n_train + 2 * n_eval), other))
     return seqs
 
 
@@ -60,14 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         "--sequences",
         type=int,
         default=len(DEFAULT_SPLIT["train"]),
-        help="number of training sequences (plus one validation, one test)",
+        help="number of training sequences",
+    )
+    n_eval = len(DEFAULT_SPLIT["valid"])
+    p.add_argument(
+        "--eval-sequences",
+        type=int,
+        default=n_eval,
+        help=f"validation sequences, and as many test sequences, after the training ones (default {n_eval})",
     )
     p.add_argument("--force", action="store_true", help="regenerate even if complete")
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:
-        seqs = sequences_for(args.sequences, args.frames)
+        seqs = sequences_for(args.sequences, args.frames, args.eval_sequences)
     except ValueError as e:
         p.error(str(e))
     if args.workers is not None and args.workers < 1:

@@ -243,6 +243,8 @@ def test_cli_and_compare_script(tmp_path, small_root):
         "1",
         "--sequences",
         "1",
+        "--eval-sequences",
+        "1",
         "--quiet",
         "--workers",
         "1",
