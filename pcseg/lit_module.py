@@ -43,6 +43,8 @@ class SegmentationModule(pl.LightningModule):
         label_config: label yaml path (None: SemanticKITTI).
         class_weights: None (plain cross-entropy) or "content" (from the yaml's frequencies).
         log_images: validation scans rendered to bird's-eye-view images per epoch.
+        compile: ``torch.compile`` the network's plain-PyTorch parts (stem, head, and the
+            kernel MLPs on the CUDA path; see :func:`pcseg.nn.continuous_conv.compile_network`).
     """
 
     def __init__(
@@ -53,12 +55,17 @@ class SegmentationModule(pl.LightningModule):
         label_config: str | None = None,
         class_weights: str | None = None,
         log_images: int = 2,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Factories stay out of the checkpoint's hparams so checkpoints load with
         # torch.load(weights_only=True); the full run config is stored separately.
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         self.net = net
+        if compile:
+            from pcseg.nn.continuous_conv import compile_network
+
+            compile_network(net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_map = load_label_map(label_config)

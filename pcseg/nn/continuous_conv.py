@@ -27,6 +27,11 @@ class ContinuousConv(nn.Module):
     Attributes:
         kernel_mlp: nn.Sequential ``Linear(3, h1), ReLU, ..., Linear(h_last, C_in*C_out | C_out)``.
         weight: (C_in, C_out) shared channel-mixing matrix ("separable" only).
+        impl, backend, compile_mlp: how :func:`pcseg.ops.continuous_conv` evaluates the layer
+            (plain attributes, not parameters: set them on a built model, e.g. with
+            :func:`set_conv_options`; they do not change the numbers beyond rounding).
+
+    Under ``torch.autocast`` the layer returns float32 (sums accumulate in float32).
 
     The layer is evaluated by :func:`pcseg.ops.continuous_conv`, which never builds the
     M x K x C_in x C_out kernel tensor (see that module for the factorisation).
@@ -39,6 +44,9 @@ class ContinuousConv(nn.Module):
         kernel_hidden: Sequence[int] = (16, 32),
         kernel: str = "full",
         normalize: bool = True,
+        impl: str = "auto",
+        backend: str = "auto",
+        compile_mlp: bool = False,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -50,6 +58,7 @@ class ContinuousConv(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel, self.normalize = kernel, normalize
         self.kernel_hidden = tuple(int(h) for h in kernel_hidden)
+        self.impl, self.backend, self.compile_mlp = impl, backend, bool(compile_mlp)
         layers: list[nn.Module] = []
         width = 3
         for h in self.kernel_hidden:
@@ -100,6 +109,9 @@ class ContinuousConv(nn.Module):
             kernel=self.kernel,
             weight=self.weight,
             normalize=self.normalize,
+            impl=self.impl,
+            backend=self.backend,
+            compile_mlp=self.compile_mlp,
         )
 
     def extra_repr(self) -> str:
@@ -107,3 +119,39 @@ class ContinuousConv(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel={self.kernel!r}, "
             f"kernel_hidden={self.kernel_hidden}, normalize={self.normalize}"
         )
+
+
+def set_conv_options(module: nn.Module, **options: object) -> int:
+    """Set ``impl`` / ``backend`` / ``compile_mlp`` on every ContinuousConv inside ``module``.
+
+    Returns how many layers were changed; raises ValueError for another option name.
+    """
+    unknown = set(options) - {"impl", "backend", "compile_mlp"}
+    if unknown:
+        raise ValueError(f"unknown ContinuousConv options {sorted(unknown)}")
+    layers = [m for m in module.modules() if isinstance(m, ContinuousConv)]
+    for layer in layers:
+        for name, value in options.items():
+            setattr(layer, name, value)
+    return len(layers)
+
+
+def compile_network(net: nn.Module) -> list[str]:
+    """``torch.compile`` the plain-PyTorch parts of a network, in place; returns their names.
+
+    Compiled: every direct child that is an ``nn.Sequential`` without a ContinuousConv inside
+    (PCCN's ``stem`` and ``head``: Linear + BatchNorm + ReLU chains that fuse well), and the
+    per-neighbour kernel-MLP evaluation of every ContinuousConv (``compile_mlp``, used by the
+    primitives path, i.e. on CUDA). Never the custom autograd Functions or the KNN search.
+    ``nn.Module.compile`` keeps parameter names, so checkpoints are unchanged.
+    """
+    names = []
+    for name, child in net.named_children():
+        if isinstance(child, nn.Sequential) and not any(
+            isinstance(m, ContinuousConv) for m in child.modules()
+        ):
+            child.compile()
+            names.append(name)
+    if set_conv_options(net, compile_mlp=True):
+        names.append("ContinuousConv.kernel_mlp")
+    return names

@@ -25,12 +25,14 @@ W, the MLP's parameters) and backward recomputes z, phi+, F and A per chunk, the
     grad z, grad MLP params = autograd.grad(phi, ...) on the chunk (MLP recomputed with grad)
     grad query += sum_k grad z;  grad support -= scatter-add of grad z
 
-with g = grad_out / K_i. The hidden MLP is evaluated twice (forward, then again in backward);
+with g = grad_out / K_i. Both passes run with autocast off, in the inputs' dtype (see
+``no_autocast``). The hidden MLP is evaluated twice (forward, then again in backward);
 it must be stateless (Linear/activation layers: no BatchNorm or Dropout) for that to be exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -222,6 +224,18 @@ def run_chunks(m: int, size: int, body: Callable[[int, int, int], None], workers
         raise errors[0]
 
 
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off for ``device`` in this thread: the Function computes in its inputs' dtype.
+
+    Chunk workers are other threads and never see the caller's autocast state; with one worker
+    the chunks run in the caller's thread, and backward may be called inside an autocast
+    region, so both passes switch it off explicitly (``continuous_conv`` upcasts the inputs of
+    this float32 island under autocast)."""
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _workers(m: int, size: int) -> int:
     n = CHUNK_WORKERS if CHUNK_WORKERS is not None else torch.get_num_threads()
     return max(1, min(n, -(-m // max(size, 1))))
@@ -265,7 +279,8 @@ class FusedContinuousConv(torch.autograd.Function):
             _forward_chunk(mode, work, phi_aug, work.gather(s, e), head, out[s:e])
             out[s:e].mul_(inv_count[s:e].unsqueeze(1))
 
-        run_chunks(m, size, body, n_workers)
+        with no_autocast(feat.device):
+            run_chunks(m, size, body, n_workers)
         ctx.save_for_backward(feat, query, support, idx, head, inv_count, *params)
         ctx.hidden, ctx.h_aug, ctx.mode = hidden, h_aug, mode
         return out
@@ -334,7 +349,8 @@ class FusedContinuousConv(torch.autograd.Function):
                 if gp is not None:
                     grad_params[slot][i].add_(gp)
 
-        run_chunks(m, size, body, n_workers)
+        with no_autocast(feat.device):  # the MLP is recomputed in forward's dtype
+            run_chunks(m, size, body, n_workers)
 
         def total(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
             if parts[0] is None:

@@ -74,8 +74,9 @@ def gather_outer_reduce(phi: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor
     acc = _acc_dtype(phi, feat)
     out = torch.zeros(m, h, feat.shape[1], dtype=acc, device=phi.device)
     safe, valid = split_index(idx)
+    feat = feat.to(acc)
     for s, e in chunks(m, chunk_size(k, feat.shape[1] + h)):
-        rows = _gather(feat.to(acc), safe[s:e], valid[s:e])
+        rows = _gather(feat, safe[s:e], valid[s:e])
         torch.bmm(phi[s:e].to(acc).transpose(1, 2), rows, out=out[s:e])
     return out.to(phi.dtype)
 
@@ -95,9 +96,10 @@ def gather_outer_reduce_backward(
     grad_phi = torch.zeros(m, k, h, dtype=acc, device=phi.device)
     grad_feat = torch.zeros(n, c, dtype=acc, device=feat.device)
     safe, valid = split_index(idx)
+    feat_acc = feat.to(acc)
     for s, e in chunks(m, chunk_size(k, c + h)):
         g = grad_a[s:e].to(acc)
-        rows = _gather(feat.to(acc), safe[s:e], valid[s:e])
+        rows = _gather(feat_acc, safe[s:e], valid[s:e])
         torch.bmm(rows, g.transpose(1, 2), out=grad_phi[s:e])
         grad_rows = torch.bmm(phi[s:e].to(acc), g) * valid[s:e].unsqueeze(-1)
         grad_feat.index_add_(0, safe[s:e].reshape(-1), grad_rows.view(-1, c))
@@ -114,8 +116,9 @@ def gather_mul_reduce(g: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor) ->
     acc = _acc_dtype(g, feat)
     out = torch.zeros(m, c, dtype=acc, device=g.device)
     safe, valid = split_index(idx)
+    feat = feat.to(acc)
     for s, e in chunks(m, chunk_size(k, c)):
-        rows = _gather(feat.to(acc), safe[s:e], valid[s:e])
+        rows = _gather(feat, safe[s:e], valid[s:e])
         torch.sum(rows.mul_(g[s:e].to(acc)), dim=1, out=out[s:e])
     return out.to(g.dtype)
 
@@ -134,9 +137,10 @@ def gather_mul_reduce_backward(
     grad_g = torch.zeros(m, k, c, dtype=acc, device=g.device)
     grad_feat = torch.zeros(feat.shape, dtype=acc, device=feat.device)
     safe, valid = split_index(idx)
+    feat_acc = feat.to(acc)
     for s, e in chunks(m, chunk_size(k, c)):
         go = grad_out[s:e].to(acc).unsqueeze(1)
-        rows = _gather(feat.to(acc), safe[s:e], valid[s:e])
+        rows = _gather(feat_acc, safe[s:e], valid[s:e])
         torch.mul(rows, go, out=grad_g[s:e])
         grad_rows = g[s:e].to(acc) * go * valid[s:e].unsqueeze(-1)
         grad_feat.index_add_(0, safe[s:e].reshape(-1), grad_rows.view(-1, c))
@@ -165,12 +169,26 @@ def _triton_primitives(name: str, device: torch.device) -> Primitives | None:
     return (fwd, bwd) if fwd is not None and bwd is not None else None
 
 
-def select_primitives(name: str, tensor: torch.Tensor) -> Primitives:
-    """Backend for primitive ``name`` chosen by the tensor's device: Triton on CUDA, else torch."""
-    if tensor.is_cuda:
+BACKENDS = ("auto", "triton", "torch")
+
+
+def select_primitives(name: str, tensor: torch.Tensor, backend: str = "auto") -> Primitives:
+    """Backend for primitive ``name``: ``"auto"`` chooses by the tensor's device (Triton on CUDA
+    when available, else torch); ``"torch"`` forces the PyTorch twins on any device;
+    ``"triton"`` forces the kernels and raises RuntimeError where they cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return _TORCH[name]
+    if tensor.is_cuda or backend == "triton":
         found = _triton_primitives(name, tensor.device)
         if found is not None:
             return found
+        if backend == "triton":
+            raise RuntimeError(
+                f"backend='triton' needs triton and a device that runs its kernels (CUDA, or "
+                f"CPU with TRITON_INTERPRET=1); {tensor.device} tensors cannot use them here"
+            )
     return _TORCH[name]
 
 
@@ -181,11 +199,15 @@ _TORCH: dict[str, Primitives] = {
 
 
 class GatherOuterReduce(torch.autograd.Function):
-    """Autograd wrapper of ``gather_outer_reduce``; saves phi, feat and idx only (no gathers)."""
+    """Autograd wrapper of ``gather_outer_reduce``; saves phi, feat and idx only (no gathers).
+
+    ``apply(phi, feat, idx, backend="auto")``: see :func:`select_primitives`."""
 
     @staticmethod
-    def forward(ctx, phi: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        fwd, bwd = select_primitives("gather_outer_reduce", phi)
+    def forward(
+        ctx, phi: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto"
+    ) -> torch.Tensor:
+        fwd, bwd = select_primitives("gather_outer_reduce", phi, backend)
         ctx.bwd = bwd
         ctx.save_for_backward(phi, feat, idx)
         return fwd(phi, feat, idx)
@@ -195,15 +217,19 @@ class GatherOuterReduce(torch.autograd.Function):
     def backward(ctx, grad_a: torch.Tensor):
         phi, feat, idx = ctx.saved_tensors
         grad_phi, grad_feat = ctx.bwd(grad_a.contiguous(), phi, feat, idx)
-        return grad_phi, grad_feat, None
+        return grad_phi, grad_feat, None, None
 
 
 class GatherMulReduce(torch.autograd.Function):
-    """Autograd wrapper of ``gather_mul_reduce``; saves g, feat and idx only (no gathers)."""
+    """Autograd wrapper of ``gather_mul_reduce``; saves g, feat and idx only (no gathers).
+
+    ``apply(g, feat, idx, backend="auto")``: see :func:`select_primitives`."""
 
     @staticmethod
-    def forward(ctx, g: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        fwd, bwd = select_primitives("gather_mul_reduce", g)
+    def forward(
+        ctx, g: torch.Tensor, feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto"
+    ) -> torch.Tensor:
+        fwd, bwd = select_primitives("gather_mul_reduce", g, backend)
         ctx.bwd = bwd
         ctx.save_for_backward(g, feat, idx)
         return fwd(g, feat, idx)
@@ -213,4 +239,4 @@ class GatherMulReduce(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         g, feat, idx = ctx.saved_tensors
         grad_g, grad_feat = ctx.bwd(grad_out.contiguous(), g, feat, idx)
-        return grad_g, grad_feat, None
+        return grad_g, grad_feat, None, None

@@ -16,12 +16,25 @@ numbers without ever doing so:
   one dense matmul), saves nothing of size M x K and recomputes per chunk in backward.
 - ``impl="primitives"`` (the default on CUDA): the hidden MLP with plain autograd, then the
   gather-reduce primitives (``gather_outer_reduce`` / ``gather_mul_reduce``) behind autograd
-  Functions; for CUDA tensors they are the Triton kernels of ``pcseg.ops.kernels`` when triton
-  is installed, else their PyTorch twins in ``_conv_primitives``.
+  Functions; ``backend`` picks their implementation: ``"auto"`` the Triton kernels of
+  ``pcseg.ops.kernels`` for CUDA tensors when triton is installed, else their PyTorch twins in
+  ``_conv_primitives``; ``"torch"`` the twins on any device (the plain-PyTorch GPU baseline of
+  ``scripts/bench_gpu.py``); ``"triton"`` the kernels or an error.
+
+Mixed precision (``torch.autocast``, e.g. Lightning's ``precision=bf16-mixed`` / ``16-mixed``):
+the op behaves like autocast's float32 reductions: sums accumulate in float32 and the result is
+float32 (float64 stays float64), whatever the autocast dtype; the next Linear casts it down as
+usual. ``fused`` runs entirely in float32 with autocast disabled (its inputs are upcast).
+``primitives`` runs the hidden MLP and the last layer's matmul in the autocast dtype (as
+autocast would) and hands the gather-reduce its inputs in that dtype, to halve the memory
+traffic; the Triton kernels and the twins accumulate in float32. Gradients have the dtypes of
+the tensors they belong to (float32 parameters get float32 gradients).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -29,6 +42,7 @@ from torch import nn
 
 from pcseg.ops._conv_fused import FULL, SEPARABLE, FusedContinuousConv
 from pcseg.ops._conv_primitives import (
+    BACKENDS,
     GatherMulReduce,
     GatherOuterReduce,
     gather_mul_reduce,
@@ -51,6 +65,8 @@ __all__ = [
 
 Kernel = Literal["full", "separable"]
 Impl = Literal["auto", "fused", "primitives"]
+Backend = Literal["auto", "triton", "torch"]
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def split_kernel_mlp(kernel_mlp: nn.Sequential) -> tuple[nn.Module, nn.Linear]:
@@ -134,6 +150,20 @@ def validate_inputs(
     return weight.shape[1]
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type`` in this thread, or None when off."""
+    if device_type not in ("cpu", "cuda", "xpu", "mps") or not torch.is_autocast_enabled(
+        device_type
+    ):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _upcast(t: torch.Tensor | None) -> torch.Tensor | None:
+    """float16/bfloat16 -> float32; other dtypes (and None) unchanged."""
+    return t.float() if t is not None and t.dtype in LOW_PRECISION else t
+
+
 def _inverse_count(valid: torch.Tensor, normalize: bool, dtype: torch.dtype) -> torch.Tensor:
     """(M,) 1/K_i (normalize) or 1, and 0 where a query has no valid neighbour."""
     count = valid.sum(1).to(dtype)
@@ -185,6 +215,8 @@ def continuous_conv(
     normalize: bool = True,
     impl: Impl = "auto",
     check_bounds: bool = True,
+    backend: Backend = "auto",
+    compile_mlp: bool = False,
 ) -> torch.Tensor:
     """Continuous convolution of ``feat`` on ``support`` evaluated at ``query``; exact, fast.
 
@@ -200,17 +232,45 @@ def continuous_conv(
         kernel: "full" or "separable" (see the module docstring).
         weight: (C_in, C_out) for "separable"; None for "full".
         normalize: divide by the number of valid neighbours K_i (mean instead of sum).
-        impl: "auto" (primitives on CUDA, fused elsewhere), "fused" or "primitives".
+        impl: "auto" (primitives on CUDA or with backend="triton", fused elsewhere), "fused" or
+            "primitives".
         check_bounds: verify idx in [-1, N) (one reduction); False on a trusted hot path.
+        backend: gather-reduce implementation of the primitives path: "auto" (Triton for CUDA
+            tensors when available, else PyTorch), "torch" or "triton" (RuntimeError where the
+            kernels cannot run). Ignored by ``impl="fused"``.
+        compile_mlp: run the primitives path's per-neighbour part (offsets, hidden MLP, ones
+            column) through ``torch.compile`` (one fused kernel on a GPU instead of a handful
+            of M x K passes). Ignored by ``impl="fused"``, which evaluates the MLP per chunk.
 
-    Returns (M, C_out) in feat's dtype. Queries without a valid neighbour get zeros.
+    Returns (M, C_out) in feat's dtype; under ``torch.autocast`` in float32 (see the module
+    docstring). Queries without a valid neighbour get zeros.
     Memory: O(M*C_out + N*C_in + parameters) beyond the inputs, plus one query chunk.
     """
     validate_inputs(feat, support, query, idx, kernel_mlp, kernel, weight, check_bounds)
     if impl not in ("auto", "fused", "primitives"):
         raise ValueError(f"impl must be 'auto', 'fused' or 'primitives', got {impl!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if impl == "auto":
-        impl = "primitives" if feat.is_cuda else "fused"
+        impl = "primitives" if feat.is_cuda or backend == "triton" else "fused"
+    low = autocast_dtype(feat.device.type)
+    if impl == "fused" and low is not None:
+        # float32 island: upcast the inputs, no autocast inside (the chunk workers are other
+        # threads and never see the caller's autocast state anyway; this keeps one thread
+        # and several threads identical).
+        with torch.autocast(feat.device.type, enabled=False):
+            return continuous_conv(
+                _upcast(feat),
+                _upcast(support),
+                _upcast(query),
+                idx,
+                kernel_mlp,
+                kernel,
+                _upcast(weight),
+                normalize,
+                impl="fused",
+                check_bounds=False,
+            )
     idx = idx.long()
     hidden, last = split_kernel_mlp(kernel_mlp)
     c_in = feat.shape[1]
@@ -219,7 +279,9 @@ def continuous_conv(
     # Last layer with its bias as one extra row: (H+1, C_in*C_out) or (H+1, C_out).
     w_aug = torch.cat([last.weight.t(), bias.unsqueeze(0)], dim=0)
     _, valid = split_index(idx)
-    inv_count = _inverse_count(valid, normalize, feat.dtype)
+    # Under autocast, the float32 (or float64) count makes the result float32 (or float64).
+    count_dtype = torch.promote_types(feat.dtype, torch.float32) if low is not None else feat.dtype
+    inv_count = _inverse_count(valid, normalize, count_dtype)
     src = feat if kernel == FULL else feat @ weight
     if kernel == FULL:
         head = w_aug.view(h + 1, c_in, -1).reshape((h + 1) * c_in, -1)
@@ -231,7 +293,29 @@ def continuous_conv(
         return FusedContinuousConv.apply(
             src, query, support, idx, head, inv_count, hidden, h + 1, kernel, *params
         )
-    return _via_primitives(src, support, query, idx, hidden, head, kernel, inv_count, h)
+    out = _via_primitives(
+        src, support, query, idx, hidden, head, kernel, inv_count, backend, low, compile_mlp
+    )
+    return out if low is not None else out.to(feat.dtype)
+
+
+def kernel_features(
+    hidden: nn.Module, query: torch.Tensor, support: torch.Tensor, safe: torch.Tensor
+) -> torch.Tensor:
+    """[phi(z), 1] for every (query, neighbour): (M, K, H+1), z = query_i - support[safe[i, k]].
+
+    query (M, 3), support (N, 3), safe (M, K) int64 without padding (-1 replaced by any row;
+    the gather-reduce skips padded slots)."""
+    z = query.unsqueeze(1) - support[safe]
+    phi = hidden(z)
+    return torch.cat([phi, phi.new_ones(*phi.shape[:-1], 1)], dim=-1)
+
+
+@functools.cache
+def _compiled_kernel_features() -> Callable[..., torch.Tensor]:
+    """``kernel_features`` through ``torch.compile`` (built once; dynamic shapes: M, K, N vary;
+    the hidden MLP's parameters are graph inputs, so layers of one shape share the graph)."""
+    return torch.compile(kernel_features, dynamic=True)
 
 
 def _via_primitives(
@@ -243,21 +327,25 @@ def _via_primitives(
     head: torch.Tensor,
     kernel: str,
     inv_count: torch.Tensor,
-    h: int,
+    backend: str = "auto",
+    low: torch.dtype | None = None,
+    compile_mlp: bool = False,
 ) -> torch.Tensor:
     """The unfused composition: MLP with autograd (M x K tensors), then a gather-reduce primitive.
 
     full:      A = gather_outer_reduce([phi, 1], feat, idx) (M, H+1, C_in); out = vec(A) @ W.
     separable: g = [phi, 1] @ W (M, K, C_out); out = gather_mul_reduce(g, feat @ weight, idx).
+    ``low``: the autocast dtype, or None; the gather-reduce inputs are cast to it (autocast
+    treats the primitive like the batched matmul it is; it accumulates in float32).
     """
     safe, _ = split_index(idx)
-    z = query.unsqueeze(1) - support[safe]
-    phi = hidden(z)
-    phi_aug = torch.cat([phi, phi.new_ones(*phi.shape[:-1], 1)], dim=-1)
+    features = _compiled_kernel_features() if compile_mlp else kernel_features
+    phi_aug = features(hidden, query, support, safe)
+    cast = (lambda t: t.to(low)) if low is not None else (lambda t: t)
     if kernel == FULL:
-        a = GatherOuterReduce.apply(phi_aug, src, idx)
+        a = GatherOuterReduce.apply(cast(phi_aug), cast(src), idx, backend)
         out = a.reshape(a.shape[0], head.shape[0]) @ head
     else:
         g = phi_aug @ head
-        out = GatherMulReduce.apply(g, src, idx)
+        out = GatherMulReduce.apply(cast(g), cast(src), idx, backend)
     return out * inv_count.unsqueeze(1)

@@ -101,6 +101,23 @@ def launch(
         tuned()[grid](*args, **meta)
 
 
+def autotune_enabled() -> bool:
+    """False when ``PCSEG_TRITON_AUTOTUNE=0``: each kernel then runs the first config its
+    pruning keeps, without benchmarking (one compile per kernel variant instead of ~10;
+    for test runs on a GPU, where autotuning every test shape would take minutes)."""
+    return os.environ.get("PCSEG_TRITON_AUTOTUNE", "1").lower() not in ("0", "false", "off", "no")
+
+
 def tuned_once(factory: Callable[[], Any]) -> Callable[[], Any]:
-    """Build an autotuned kernel on first use (no autotuner objects under the interpreter)."""
-    return functools.cache(factory)
+    """Build an autotuned kernel on first use (no autotuner objects under the interpreter);
+    with autotuning off (:func:`autotune_enabled`) its pruning keeps one config."""
+
+    @functools.cache
+    def build() -> Any:
+        tuner = factory()
+        prune = getattr(tuner, "early_config_prune", None)
+        if not autotune_enabled() and prune is not None:
+            tuner.early_config_prune = lambda configs, nargs, **kw: prune(configs, nargs, **kw)[:1]
+        return tuner
+
+    return build
