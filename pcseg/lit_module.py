@@ -138,12 +138,15 @@ class SegmentationModule(pl.LightningModule):
     def _log_iou(self, metric: SemanticKITTIIoU, stage: str) -> None:
         result = metric.compute()
         self.last_result = result
-        self.log(f"{stage}/miou", float(result.miou), prog_bar=True)
-        self.log(f"{stage}/miou_present", float(result.miou_present))
-        self.log(f"{stage}/acc", float(result.acc))
+        # compute() has summed the confusion matrices of all processes, so under DDP every rank
+        # holds the same numbers: a max-"sync" keeps them exact (and Lightning's warning quiet).
+        sync: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
+        self.log(f"{stage}/miou", float(result.miou), prog_bar=True, **sync)
+        self.log(f"{stage}/miou_present", float(result.miou_present), **sync)
+        self.log(f"{stage}/acc", float(result.acc), **sync)
         names = self.label_map.class_names
         for class_id, iou in zip(result.class_ids.tolist(), result.iou.tolist(), strict=True):
-            self.log(f"{stage}/iou/{names[class_id]}", iou)
+            self.log(f"{stage}/iou/{names[class_id]}", iou, **sync)
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -153,7 +156,10 @@ class SegmentationModule(pl.LightningModule):
         self._log_iou(self.test_iou, "test")
 
     def _log_bev(self, batch: PointBatch, pred: torch.Tensor, batch_idx: int) -> None:
-        """Bird's-eye views (prediction | error) of the first clouds to TensorBoard."""
+        """Bird's-eye views (prediction | error) of the first clouds to TensorBoard (rank 0
+        only: the loggers of other ranks discard what they are given, so skip the rendering)."""
+        if not self.trainer.is_global_zero:
+            return
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image") or batch.label is None:
             return

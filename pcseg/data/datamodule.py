@@ -13,6 +13,7 @@ from pcseg import PROJECT_ROOT
 from pcseg.data.collate import collate_point_clouds
 from pcseg.data.features import feature_channels
 from pcseg.data.labels import LabelMap, load_label_map
+from pcseg.data.samplers import evaluation_sampler
 from pcseg.data.semantickitti import SemanticKITTIDataset
 from pcseg.data.validation import DEFAULT_MIN_POINTS, check_policy
 
@@ -127,10 +128,17 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
             self.dataset(split)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        """A loader of ``split``. Shuffled (training) loaders are left to Lightning, which
+        injects a seeded ``DistributedSampler`` under DDP and sets its epoch; in-order
+        (evaluation) loaders get an :class:`UnpaddedDistributedSampler` when a process group
+        of several processes is initialised, so every scan is scored exactly once."""
+        dataset = self.dataset(split)
+        sampler = None if shuffle else evaluation_sampler(dataset)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_point_clouds,
             pin_memory=self.pin_memory,
