@@ -33,7 +33,7 @@ IMPLS = ("fused", "primitives")
 # bf16 keeps 8 significant bits (relative rounding 2^-9); gradients that sum thousands of terms
 # with cancellation (the kernel MLP's first layer) lose more. The yardstick is autocast applied
 # to the literal formula (continuous_conv_reference): the op may be at most this much worse.
-WORSE_THAN_SPEC, SLACK, CAP = 1.5, 2e-3, 0.1
+WORSE_THAN_SPEC, SLACK, CAP = 2.0, 2e-3, 0.1
 
 
 def _triton_runs(device: torch.device) -> bool:
