@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pcseg.config  # noqa: F401  (registers the config resolvers)
+from pcseg.checkpointing import LAST, RandomState, resolve_ckpt_path, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +23,44 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node and "_target_" in node]
 
 
+def runs_dir(cfg: DictConfig) -> Path:
+    """Where training run folders live (configs/hydra/default.yaml's ``hydra.run.dir`` parent)."""
+    return Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """Resolve ``cfg.ckpt_path`` to a checkpoint file; None starts a fresh run.
+
+    ``last`` picks the newest ``<log_dir>/<task_name>/runs/*/checkpoints/last.ckpt`` and points
+    ``cfg.paths.output_dir`` at that run's folder, so checkpoints, TensorBoard events and the
+    rolling ``last.ckpt`` continue there (Hydra's new folder keeps only this invocation's
+    config and log). An explicit file or run folder resumes into the new run folder.
+    Raises CheckpointNotFoundError naming what was searched, before anything is built.
+    """
+    requested = cfg.get("ckpt_path")
+    ckpt = resolve_ckpt_path(requested, runs_dir(cfg))
+    if ckpt is None:
+        return None
+    run_dir = run_dir_of(ckpt)
+    if str(requested) == LAST and run_dir is not None:
+        new_dir = cfg.paths.output_dir
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+        log.info("Resuming %s into its run folder %s (this invocation: %s)", ckpt, run_dir, new_dir)
+    else:
+        log.info("Resuming from %s into %s", ckpt, cfg.paths.output_dir)
+    return str(ckpt)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``; return the final metrics.
 
     The whole composed config is stored in every checkpoint (``pcseg_config``) so
     ``evaluate.py`` rebuilds the same data pipeline and network from the checkpoint alone.
     After fitting, the best checkpoint (by ``val/miou``) is validated and its per-class IoU
-    table printed.
+    table printed. ``cfg.ckpt_path`` resumes: see :func:`resume_checkpoint`.
     """
+    ckpt_path = resume_checkpoint(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -36,10 +68,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if not any(isinstance(c, RandomState) for c in callbacks):
+        callbacks.append(RandomState())  # a resumed run continues the same random streams
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("validate_best") and not trainer.fast_dev_run:

@@ -124,7 +124,11 @@ class PCCN(nn.Module):
     def forward(self, batch: PointBatch) -> torch.Tensor:
         """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
         _, outputs = self.encode_fine(batch)
-        pooled = segment_max(outputs[-1], batch.offset)[offset_to_batch(batch.offset)]
+        # index_select, not [batch]: indexing's CPU backward sums with racing threads (not
+        # bit-reproducible); index_select's backward (index_add_) is sequential.
+        pooled = segment_max(outputs[-1], batch.offset).index_select(
+            0, offset_to_batch(batch.offset)
+        )
         return self.head(torch.cat([*outputs, pooled], dim=1))
 
 
@@ -204,5 +208,6 @@ class PCCNEncoderDecoder(PCCN):
         for block in self.coarse_blocks:
             c = block(c, coarse, coarse_idx)
         up = torch.relu(self.up_norm(self.up(c, coarse, coord, up_idx)))
-        pooled = segment_max(c, coarse_offset)[offset_to_batch(batch.offset)]
+        # index_select: a bit-reproducible backward on CPU (see PCCN.forward)
+        pooled = segment_max(c, coarse_offset).index_select(0, offset_to_batch(batch.offset))
         return self.head(torch.cat([*outputs, up, pooled], dim=1))

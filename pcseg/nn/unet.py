@@ -194,5 +194,6 @@ class PCCNUNet(nn.Module):
             idx = self._window(fine.coord, fine.offset, coarse.coord, coarse.offset)
             up = self.up[i](h, coarse.coord / coarse.scale, fine.coord / coarse.scale, idx)
             h = self.fuse[i](torch.cat([up, skips[i]], dim=1))
-        context = pooled[offset_to_batch(batch.offset)]
+        # index_select: a bit-reproducible backward on CPU (see PCCN.forward)
+        context = pooled.index_select(0, offset_to_batch(batch.offset))
         return self.head(torch.cat([h, context], dim=1))

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -176,13 +176,23 @@ def _backward_chunk(
 CHUNK_WORKERS: int | None = None
 
 
-def run_chunks(m: int, size: int, body: Callable[[int, int, int], None], workers: int) -> None:
+def run_chunks(
+    m: int,
+    size: int,
+    body: Callable[[int, int, int], None],
+    workers: int,
+    static: bool = False,
+) -> None:
     """Call ``body(start, end, slot)`` for every query chunk, under ``torch.no_grad()`` (and the
     caller's inference mode).
 
     With ``workers`` > 1 the chunks are shared by that many threads (slot = the thread's index,
     so it can own buffers and gradient accumulators); each sets its intra-op threads to 1 and the
-    caller's setting is restored afterwards.
+    caller's setting is restored afterwards. By default a thread takes the next free chunk
+    (balances load when cores are shared). ``static``: chunk c always runs on slot
+    ``c % workers``, in increasing order. Backward needs that: each slot sums its chunks'
+    gradients into its own accumulators and float addition is not associative, so a
+    timing-dependent chunk -> slot assignment changed the gradients' last bits run to run.
     """
     ranges = list(chunks(m, size))
     if workers <= 1 or len(ranges) < 2:
@@ -199,16 +209,25 @@ def run_chunks(m: int, size: int, body: Callable[[int, int, int], None], workers
     # workers must run in the same mode.
     inference = torch.is_inference_mode_enabled()
 
+    def claim(slot: int) -> Iterator[tuple[int, int]]:
+        if static:
+            yield from ranges[slot::workers]
+            return
+        while True:
+            with lock:
+                nxt = next(pending, None)
+            if nxt is None:
+                return
+            yield nxt
+
     def work(slot: int) -> None:
         torch.set_num_threads(1)
         try:
             with torch.inference_mode(inference), torch.no_grad():
-                while not errors:
-                    with lock:
-                        nxt = next(pending, None)
-                    if nxt is None:
+                for s, e in claim(slot):
+                    if errors:
                         return
-                    body(nxt[0], nxt[1], slot)
+                    body(s, e, slot)
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
@@ -350,7 +369,7 @@ class FusedContinuousConv(torch.autograd.Function):
                     grad_params[slot][i].add_(gp)
 
         with no_autocast(feat.device):  # the MLP is recomputed in forward's dtype
-            run_chunks(m, size, body, n_workers)
+            run_chunks(m, size, body, n_workers, static=True)  # bit-exact gradients
 
         def total(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
             if parts[0] is None:
