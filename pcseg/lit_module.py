@@ -13,23 +13,40 @@ from torch import nn
 
 from pcseg.data.labels import LabelMap, load_label_map
 from pcseg.metrics import SemanticKITTIIoU
+from pcseg.nn.losses import CrossEntropyLovasz
 from pcseg.structures import PointBatch
 
 
-def class_weights_from_content(label_map: LabelMap, power: float = 0.5) -> torch.Tensor:
-    """(num_classes,) loss weights from the label yaml's class frequencies (``content``),
-    ``1 / freq**power`` normalised to mean 1 over the trained classes; 0 for the ignored class.
+def class_weights_from_frequencies(
+    freq: np.ndarray, ignore_index: int, power: float = 0.5
+) -> torch.Tensor:
+    """(C,) loss weights ``1 / freq**power`` normalised to mean 1 over the trained classes;
+    0 for the ignored class. freq (C,) class shares or counts (any scale).
 
     The square root (power 0.5) lifts rare classes (pole, sign, person) without letting their
-    few points dominate the loss."""
+    few points dominate the loss. A class never seen gets the largest seen class's weight
+    rather than an unbounded one."""
+    freq = np.asarray(freq, dtype=np.float64)
+    freq = freq / max(freq.sum(), 1e-12)
+    trained = np.arange(freq.shape[0]) != ignore_index
+    seen = trained & (freq > 0)
+    weights = np.zeros(freq.shape[0])
+    if seen.any():
+        weights[seen] = 1.0 / freq[seen] ** power
+        weights[trained & ~seen] = weights[seen].max()
+        weights[trained] /= weights[trained].mean()
+    else:
+        weights[trained] = 1.0
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def class_weights_from_content(label_map: LabelMap, power: float = 0.5) -> torch.Tensor:
+    """(num_classes,) loss weights from the label yaml's class frequencies (``content``: the
+    real SemanticKITTI mix), see :func:`class_weights_from_frequencies`."""
     freq = np.zeros(label_map.num_classes)
     for raw, share in label_map.content.items():
         freq[label_map.learning_map[raw]] += share
-    weights = np.zeros(label_map.num_classes)
-    trained = np.arange(label_map.num_classes) != label_map.ignore_index
-    weights[trained] = 1.0 / np.maximum(freq[trained], 1e-6) ** power
-    weights[trained] /= weights[trained].mean()
-    return torch.tensor(weights, dtype=torch.float32)
+    return class_weights_from_frequencies(freq, label_map.ignore_index, power)
 
 
 class SegmentationModule(pl.LightningModule):
@@ -41,7 +58,11 @@ class SegmentationModule(pl.LightningModule):
         scheduler: ``_partial_`` schedule factory (optimizer, total_steps) -> LR scheduler,
             stepped every optimiser step; None for a constant rate.
         label_config: label yaml path (None: SemanticKITTI).
-        class_weights: None (plain cross-entropy) or "content" (from the yaml's frequencies).
+        class_weights: None (unweighted), "content" (from the label yaml's frequencies: the real
+            SemanticKITTI mix) or "train" (from the training split's voxel labels, counted
+            once when fitting starts; right for any dataset, the synthetic one included).
+        lovasz_weight: factor of the Lovász-softmax term added to the cross-entropy (0: none);
+            it optimises each class's IoU directly, which lifts rare classes.
         log_images: validation scans rendered to bird's-eye-view images per epoch.
         compile: ``torch.compile`` the network's plain-PyTorch parts (stem, head, and the
             kernel MLPs on the CUDA path; see :func:`pcseg.nn.continuous_conv.compile_network`).
@@ -54,6 +75,7 @@ class SegmentationModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         label_config: str | None = None,
         class_weights: str | None = None,
+        lovasz_weight: float = 0.0,
         log_images: int = 2,
         compile: bool = False,
     ) -> None:
@@ -73,9 +95,13 @@ class SegmentationModule(pl.LightningModule):
         weight = None
         if class_weights == "content":
             weight = class_weights_from_content(self.label_map)
+        elif class_weights == "train":  # a placeholder buffer, filled in by setup("fit")
+            weight = torch.ones(self.label_map.num_classes)
         elif class_weights is not None:
-            raise ValueError(f"class_weights must be null or 'content', got {class_weights!r}")
-        self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=self.ignore_index)
+            raise ValueError(
+                f"class_weights must be null, 'content' or 'train', got {class_weights!r}"
+            )
+        self.criterion = CrossEntropyLovasz(weight, self.ignore_index, lovasz_weight)
         kw = {"num_classes": self.label_map.num_classes, "ignore_index": self.ignore_index}
         self.val_iou = SemanticKITTIIoU(**kw)
         self.test_iou = SemanticKITTIIoU(**kw)
@@ -84,6 +110,19 @@ class SegmentationModule(pl.LightningModule):
         self.last_result = None
         #: The composed run config, stored in checkpoints so evaluation can rebuild the run.
         self.run_config: dict | None = None
+
+    def setup(self, stage: str) -> None:
+        """With ``class_weights="train"``, weigh the loss by the training split's class mix."""
+        if stage != "fit" or self.hparams.class_weights != "train":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "dataset"):
+            raise ValueError("class_weights='train' needs a SemanticKITTIDataModule to count")
+        from pcseg.data.statistics import class_counts
+
+        counts = class_counts(datamodule.dataset("train"))
+        weight = class_weights_from_frequencies(counts, self.ignore_index)
+        self.criterion.ce.weight.copy_(weight.to(self.criterion.ce.weight.device))
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
         return self.net(batch)
