@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 import pcseg.config  # noqa: F401
 from pcseg import PROJECT_ROOT
 from pcseg.data.collate import collate_point_clouds
+from pcseg.data.features import feature_channels
 from pcseg.data.io import read_labels, read_scan
 from pcseg.lit_module import SegmentationModule
 from pcseg.train import train
@@ -62,7 +63,8 @@ def compose_train(overrides: list[str], out: Path) -> DictConfig:
 @pytest.mark.parametrize("kernel", ["separable", "full"])
 def test_configs_compose_and_instantiate(toy_root, tmp_path, kernel):
     cfg = compose_train([*data_overrides(toy_root), f"model.net.kernel={kernel}"], tmp_path)
-    assert cfg.model.net.in_channels == 5 and cfg.model.net.num_classes == 20
+    assert cfg.model.net.in_channels == feature_channels(cfg.data.features) == 3
+    assert cfg.model.net.num_classes == 20
     dm = instantiate(cfg.data)
     model = instantiate(cfg.model)
     assert isinstance(model, SegmentationModule)
