@@ -139,15 +139,16 @@ def set_conv_options(module: nn.Module, **options: object) -> int:
 def compile_network(net: nn.Module) -> list[str]:
     """``torch.compile`` the plain-PyTorch parts of a network, in place; returns their names.
 
-    Compiled: every direct child that is an ``nn.Sequential`` without a ContinuousConv inside
-    (PCCN's ``stem`` and ``head``: Linear + BatchNorm + ReLU chains that fuse well), and the
+    Compiled: every direct child that is an ``nn.Sequential`` or marks itself ``compilable``
+    (:class:`~pcseg.nn.pccn.ContextHead`) without a ContinuousConv inside (PCCN's ``stem`` and
+    ``head``: Linear + BatchNorm + ReLU chains that fuse well), and the
     per-neighbour kernel-MLP evaluation of every ContinuousConv (``compile_mlp``, used by the
     primitives path, i.e. on CUDA). Never the custom autograd Functions or the KNN search.
     ``nn.Module.compile`` keeps parameter names, so checkpoints are unchanged.
     """
     names = []
     for name, child in net.named_children():
-        if isinstance(child, nn.Sequential) and not any(
+        if (isinstance(child, nn.Sequential) or getattr(child, "compilable", False)) and not any(
             isinstance(m, ContinuousConv) for m in child.modules()
         ):
             child.compile()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pcseg.nn.continuous_conv import ContinuousConv
-from pcseg.nn.pccn import ResidualContinuousBlock, segment_max
+from pcseg.nn.pccn import ContextHead, ResidualContinuousBlock, segment_max
 from pcseg.ops import knn
 from pcseg.structures import PointBatch, offset_to_batch
 
@@ -154,13 +154,8 @@ class PCCNUNet(nn.Module):
             )
             for i in range(len(cells))
         )
-        layers: list[nn.Module] = []
-        prev = widths[0] + widths[-1]  # decoded level-0 features + the per-cloud max of the last
-        for h in head_hidden:
-            layers += [nn.Linear(prev, h, bias=False), nn.BatchNorm1d(h), nn.ReLU()]
-            prev = h
-        layers += [nn.Dropout(dropout), nn.Linear(prev, num_classes)]
-        self.head = nn.Sequential(*layers)
+        # decoded level-0 features per point; the per-cloud max of the last level as context
+        self.head = ContextHead(widths[0], widths[-1], head_hidden, num_classes, dropout)
 
     def _window(self, query: torch.Tensor, q_off: torch.Tensor, support: torch.Tensor, s_off):
         return knn(query, support, self.k, q_off, s_off).idx
@@ -194,6 +189,4 @@ class PCCNUNet(nn.Module):
             idx = self._window(fine.coord, fine.offset, coarse.coord, coarse.offset)
             up = self.up[i](h, coarse.coord / coarse.scale, fine.coord / coarse.scale, idx)
             h = self.fuse[i](torch.cat([up, skips[i]], dim=1))
-        # index_select: a bit-reproducible backward on CPU (see PCCN.forward)
-        context = pooled.index_select(0, offset_to_batch(batch.offset))
-        return self.head(torch.cat([h, context], dim=1))
+        return self.head(h, pooled, batch.offset)

@@ -91,3 +91,23 @@ def test_encoder_decoder_shapes_and_cloud_independence():
         joint = net(both)
         torch.testing.assert_close(joint[:40], net(a))
         torch.testing.assert_close(joint[40:], net(b))
+
+
+@pytest.mark.parametrize("which", ["pccn", "encoder_decoder", "unet"])
+def test_cloud_context_is_trained_with_one_cloud_per_batch(which):
+    """The per-cloud max-pool is one constant per cloud. Fed through BatchNorm with the point
+    features, a single cloud's constant is subtracted away in training (zero gradient) yet
+    added back by the running mean in evaluation; it must reach the logits in both modes."""
+    from pcseg.nn.pccn import PCCNEncoderDecoder
+    from pcseg.nn.unet import PCCNUNet
+
+    small = dict(k=4, kernel_hidden=(8,), head_hidden=(16,), dropout=0.0)
+    net = {
+        "pccn": lambda: PCCN(5, 20, width=8, depth=2, **small),
+        "encoder_decoder": lambda: PCCNEncoderDecoder(5, 20, width=8, depth=1, **small),
+        "unet": lambda: PCCNUNet(5, 20, widths=(8, 12), depths=(1, 1), cells=(2.0,), **small),
+    }[which]()
+    batch = make_batch([60])
+    net(batch).square().sum().backward()
+    grad = net.head.context.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
