@@ -87,7 +87,12 @@ class ContextHead(nn.Module):
             raise ValueError("the classifier head needs at least one hidden layer (head_hidden)")
         self.point = nn.Linear(point_channels, hidden[0], bias=False)
         self.norm = nn.BatchNorm1d(hidden[0])
+        # LayerNorm works per cloud (any batch size) and keeps the max-pooled magnitudes in
+        # range; the projection starts at zero so the context joins in gradually.
+        self.context_norm = nn.LayerNorm(context_channels)
         self.context = nn.Linear(context_channels, hidden[0])
+        nn.init.zeros_(self.context.weight)
+        nn.init.zeros_(self.context.bias)
         layers: list[nn.Module] = [nn.ReLU()]
         prev = hidden[0]
         for h in hidden[1:]:
@@ -102,7 +107,7 @@ class ContextHead(nn.Module):
         """point_feat (N, C_p), context (B, C_c), offset (B,) -> logits (N, num_classes)."""
         # index_select, not [batch]: indexing's CPU backward sums with racing threads (not
         # bit-reproducible); index_select's backward (index_add_) is sequential.
-        ctx = self.context(context).index_select(0, offset_to_batch(offset))
+        ctx = self.context(self.context_norm(context)).index_select(0, offset_to_batch(offset))
         return self.rest(self.norm(self.point(point_feat)) + ctx)
 
 
