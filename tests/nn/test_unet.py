@@ -57,10 +57,17 @@ def test_grid_subsample_keeps_one_point_per_occupied_cell_of_each_cloud(cell):
 
 @pytest.mark.parametrize("kernel", ["separable", "full"])
 def test_logits_shape_and_every_parameter_gets_a_gradient(kernel):
+    """After one step (the head's context projection starts at zero, so the context's
+    LayerNorm only receives gradient once that projection has moved), every parameter trains."""
     net = small_net(kernel=kernel)
-    logits = net(make_batch([120, 40]))
-    assert logits.shape == (160, 20)
-    logits.square().sum().backward()
+    batch = make_batch([120, 40])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        logits = net(batch)
+        assert logits.shape == (160, 20)
+        logits.square().sum().backward()
+        opt.step()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing
 
