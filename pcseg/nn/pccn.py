@@ -194,15 +194,21 @@ def strided_subsample(offset: torch.Tensor, stride: int) -> tuple[torch.Tensor, 
 
 
 class PCCNEncoderDecoder(PCCN):
-    """PCCN with one coarser level for a larger receptive field on full scans.
+    """PCCN with coarser levels for a larger receptive field on full scans.
 
     Fine blocks run on every point; a continuous conv carries features from the fine points to
     a strided subset (queries differ from supports, which the layer allows), more blocks run
     there with a wider neighbourhood in metres, and a last continuous conv brings them back to
     every fine point. The head sees fine features, decoded coarse features and the global max.
+    With ``levels`` > 1 the same step repeats on ever coarser subsets (each ``stride`` times
+    sparser); decoding adds each level's up-sampled output to the level above it. Coarse levels
+    hold few points, so each extra level costs little and widens the view by several metres:
+    what tells a parking lane from the road, or a median from a sidewalk.
 
-    Args (beyond :class:`PCCN`'s): ``coarse_depth`` blocks at the coarse level, ``stride``
-    (1 coarse point per ``stride`` fine points); ``depth`` counts the fine blocks.
+    Args (beyond :class:`PCCN`'s): ``coarse_depth`` blocks at each coarse level, ``stride``
+    (1 coarse point per ``stride`` points of the level above), ``levels`` coarse levels;
+    ``depth`` counts the fine blocks. Level l's offsets are divided by
+    ``kernel_scale * 2**(l-1)``, so the kernel MLPs see O(1) inputs at every level.
     """
 
     def __init__(
@@ -219,6 +225,7 @@ class PCCNEncoderDecoder(PCCN):
         kernel_scale: float = 1.0,
         head_hidden: Sequence[int] = (128, 64),
         dropout: float = 0.1,
+        levels: int = 1,
     ) -> None:
         super().__init__(
             in_channels,
@@ -232,29 +239,65 @@ class PCCNEncoderDecoder(PCCN):
             head_hidden=head_hidden,
             dropout=dropout,
         )
-        self.stride = stride
+        if levels < 1 or stride < 2:
+            raise ValueError(f"levels must be >= 1 and stride >= 2, got {levels}, {stride}")
+        self.stride, self.levels = stride, levels
         hidden = tuple(kernel_hidden)
-        self.down = ContinuousConv(width, width, kernel_hidden=hidden, kernel=kernel)
-        self.coarse_blocks = nn.ModuleList(
-            ResidualContinuousBlock(width, hidden, kernel) for _ in range(coarse_depth)
-        )
-        self.up = ContinuousConv(width, width, kernel_hidden=hidden, kernel=kernel)
+
+        def conv() -> ContinuousConv:
+            return ContinuousConv(width, width, kernel_hidden=hidden, kernel=kernel)
+
+        def blocks() -> nn.ModuleList:
+            return nn.ModuleList(
+                ResidualContinuousBlock(width, hidden, kernel) for _ in range(coarse_depth)
+            )
+
+        # level 1 keeps its original attribute names (checkpoints of one-level models load)
+        self.down = conv()
+        self.coarse_blocks = blocks()
+        self.up = conv()
         self.up_norm = nn.BatchNorm1d(width)
+        self.deep_down = nn.ModuleList(conv() for _ in range(levels - 1))
+        self.deep_blocks = nn.ModuleList(blocks() for _ in range(levels - 1))
+        self.deep_up = nn.ModuleList(conv() for _ in range(levels - 1))
+        self.deep_up_norm = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(levels - 1))
         self.head = ContextHead(width * depth + width, width, head_hidden, num_classes, dropout)
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
         """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
         coord, outputs = self.encode_fine(batch)
         h = outputs[-1]
-        rows, coarse_offset = strided_subsample(batch.offset, self.stride)
-        coarse_xyz = batch.coord[rows]
-        down_idx = knn(coarse_xyz, batch.coord, self.k, coarse_offset, batch.offset).idx
-        coarse_idx = knn(coarse_xyz, coarse_xyz, self.k, coarse_offset, coarse_offset).idx
-        up_idx = knn(batch.coord, coarse_xyz, self.k, batch.offset, coarse_offset).idx
-        coarse = coarse_xyz / self.kernel_scale
-        c = torch.relu(self.down(h, coord, coarse, down_idx))
-        for block in self.coarse_blocks:
-            c = block(c, coarse, coarse_idx)
-        up = torch.relu(self.up_norm(self.up(c, coarse, coord, up_idx)))
-        pooled = segment_max(c, coarse_offset)
-        return self.head(torch.cat([*outputs, up], dim=1), pooled, batch.offset)
+        # encoder: level l-1 -> level l (strided subset of the level above), blocks there
+        xyz, offset, scale = batch.coord, batch.offset, self.kernel_scale
+        above: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (xyz, offset, scale)
+        feats: list[torch.Tensor] = []
+        for level in range(1, self.levels + 1):
+            above.append((xyz, offset, scale))
+            rows, c_offset = strided_subsample(offset, self.stride)
+            c_xyz = xyz[rows]
+            c_scale = self.kernel_scale * 2.0 ** (level - 1)
+            down, blocks = (
+                (self.down, self.coarse_blocks)
+                if level == 1
+                else (self.deep_down[level - 2], self.deep_blocks[level - 2])
+            )
+            down_idx = knn(c_xyz, xyz, self.k, c_offset, offset).idx
+            own_idx = knn(c_xyz, c_xyz, self.k, c_offset, c_offset).idx
+            c = torch.relu(down(h, xyz / c_scale, c_xyz / c_scale, down_idx))
+            for block in blocks:
+                c = block(c, c_xyz / c_scale, own_idx)
+            feats.append(c)
+            h, xyz, offset, scale = c, c_xyz, c_offset, c_scale
+        pooled = segment_max(h, offset)
+        # decoder: add each level's output, carried up, to the level above; level 1 -> fine
+        for level in range(self.levels, 0, -1):
+            f_xyz, f_offset, f_scale = above[level - 1]
+            up_idx = knn(f_xyz, xyz, self.k, f_offset, offset).idx
+            if level == 1:
+                up = self.up(h, xyz / scale, f_xyz / scale, up_idx)
+                h = torch.relu(self.up_norm(up))
+            else:
+                up = self.deep_up[level - 2](h, xyz / scale, f_xyz / scale, up_idx)
+                h = feats[level - 2] + torch.relu(self.deep_up_norm[level - 2](up))
+            xyz, offset, scale = f_xyz, f_offset, f_scale
+        return self.head(torch.cat([*outputs, h], dim=1), pooled, batch.offset)

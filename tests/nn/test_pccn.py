@@ -55,11 +55,16 @@ def test_clouds_in_a_batch_do_not_see_each_other():
 
 
 def test_bad_sizes_are_rejected():
+    from pcseg.nn.pccn import PCCNEncoderDecoder
+
     with pytest.raises(ValueError, match="must be >= 1"):
         PCCN(5, 20, depth=0)
+    with pytest.raises(ValueError, match="levels must be >= 1"):
+        PCCNEncoderDecoder(5, 20, levels=0)
 
 
-def test_encoder_decoder_shapes_and_cloud_independence():
+@pytest.mark.parametrize("levels", [1, 2])
+def test_encoder_decoder_shapes_and_cloud_independence(levels):
     from pcseg.nn.pccn import PCCNEncoderDecoder, strided_subsample
 
     rows, off = strided_subsample(torch.tensor([10, 13, 20]), 4)
@@ -75,6 +80,7 @@ def test_encoder_decoder_shapes_and_cloud_independence():
         k=5,
         kernel_hidden=(8,),
         head_hidden=(16,),
+        levels=levels,
     )
     a, b = make_batch([40], seed=1), make_batch([25], seed=2)
     both = PointBatch(
@@ -86,6 +92,7 @@ def test_encoder_decoder_shapes_and_cloud_independence():
     assert logits.shape == (65, 20)
     logits.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+    assert len(net.deep_blocks) == levels - 1
     net.eval()
     with torch.no_grad():
         joint = net(both)

@@ -308,9 +308,14 @@ class Populator:
                     speed = max(abs(speed), self.scene.ego_step / FRAME_DT + 1)
                     s = rng.uniform(14, 30)
                 s += direction * rng.uniform(0, 15)
+                # rare class, always present: the first oncoming mover in view is a truck
+                want_truck = k == 0 and direction < 0 and lane == 0
                 while (s - end) * direction < 0:
                     near_ego = k == 0 and -12 < s < 12
-                    if rng.random() < 0.45 and not near_ego:
+                    if want_truck and s < travel + 30:  # in view (behind the ego if near it)
+                        self.mover("truck", k, -14.0 if near_ego else s, d, speed)
+                        want_truck = False
+                    elif rng.random() < 0.45 and not near_ego:
                         kind = rng.choice(
                             ["car", "truck", "bus", "other", "motorcycle"],
                             p=[0.8, 0.06, 0.05, 0.04, 0.05],
@@ -320,6 +325,26 @@ class Populator:
         if k == 0:  # a motorcyclist always comes the other way: rare class, always present
             d = street.median + 0.8 * street.lane_w
             self.mover("motorcycle", k, travel / 2 + rng.uniform(15, 35), d, -rng.uniform(6, 10))
+            self.parked_motorcycle(street, travel)
+
+    def parked_motorcycle(self, street: Street, travel: float) -> None:
+        """A motorcycle parked on the sidewalk beside the curb within 25 m of the ego's path:
+        like the truck and the motorcyclist, a rare class that every scene (so every validation
+        scene) shows."""
+        rng = self.rng
+        side = int(rng.integers(2))
+        sign = 1.0 if side == 0 else -1.0
+        e = street.edges(side)
+        for _ in range(10):  # find a spot away from crossings
+            s = travel / 2 + rng.uniform(-25, 25)
+            if not street.in_gap(s, 3.0):
+                break
+        else:
+            return
+        yaw = np.pi / 2 + rng.normal(0, 0.3)
+        p = self.pose(street, s, sign * (e[3] + 0.9), yaw)
+        if p is not None:
+            self.parked(p, "motorcycle")
 
     def mover(self, kind: str, street: int, s: float, d: float, speed: float) -> None:
         rng = self.rng
