@@ -265,7 +265,7 @@ class PCCNEncoderDecoder(PCCN):
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
         """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
-        coord, outputs = self.encode_fine(batch)
+        _, outputs = self.encode_fine(batch)
         h = outputs[-1]
         # encoder: level l-1 -> level l (strided subset of the level above), blocks there
         xyz, offset, scale = batch.coord, batch.offset, self.kernel_scale
