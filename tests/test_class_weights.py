@@ -52,7 +52,8 @@ def test_class_counts_match_the_voxel_labels_the_dataset_yields(tmp_path):
     np.testing.assert_array_equal(class_counts(ds), expected)
 
 
-def test_train_weights_are_counted_when_fitting_starts(tmp_path):
+@pytest.mark.parametrize("power", [0.5, 0.25])
+def test_train_weights_are_counted_when_fitting_starts(tmp_path, power):
     root = write_toy_dataset(tmp_path, {0: 2, 1: 1}, points=1500)
     dm = SemanticKITTIDataModule(
         root=root,
@@ -67,6 +68,7 @@ def test_train_weights_are_counted_when_fitting_starts(tmp_path):
         net,
         optimizer=functools.partial(torch.optim.SGD, lr=0.01),
         class_weights="train",
+        class_weight_power=power,
         lovasz_weight=0.5,
     )
     assert torch.equal(model.criterion.ce.weight, torch.ones(20))  # placeholder until fit
@@ -78,7 +80,7 @@ def test_train_weights_are_counted_when_fitting_starts(tmp_path):
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    expected = class_weights_from_frequencies(class_counts(dm.dataset("train")), 0)
+    expected = class_weights_from_frequencies(class_counts(dm.dataset("train")), 0, power)
     torch.testing.assert_close(model.criterion.ce.weight, expected)
     # the weights travel in the state dict, so evaluation rebuilds the same loss
     again = SegmentationModule(
