@@ -58,31 +58,30 @@ def _device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` on ``cfg.data.split``; returns the metrics dict (empty when
-    the split has no labels). Writes ``metrics.json`` and ``confusion.png`` into
-    ``cfg.paths.output_dir`` and, with ``export=true``, the submission tree."""
-    run_cfg, ckpt = load_run(cfg.ckpt_path)
-    datamodule = instantiate(_data_config(run_cfg, cfg.data))
-    datamodule.prepare_data()
-    split = str(cfg.data.split)
+def score_split(
+    model: torch.nn.Module,
+    datamodule: Any,
+    split: str,
+    device: torch.device,
+    export_dir: Path | None = None,
+    description: str | None = None,
+) -> tuple[Any | None, list[dict[str, str]]]:
+    """Predict every ORIGINAL point of every scan of ``split`` and score it the benchmark's way.
+
+    The network runs on the voxelised cloud; labels are carried back to each point through the
+    voxel index (see :func:`pcseg.predict.full_resolution_predictions`), so the IoU counts every
+    point of a scan, as the SemanticKITTI benchmark does. ``export_dir``: also write submission
+    files there. Returns (the metric's result, or None when the split has no labels; the
+    scans skipped under ``on_bad_scan=skip``). ``model`` must be in eval mode on ``device``.
+    """
+    label_map = model.label_map
     dataset = datamodule.dataset(split)
     loader = datamodule._loader(split, datamodule.val_batch_size, shuffle=False)
-
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(ckpt["state_dict"])
-    device = _device(cfg.get("device", "auto"))
-    model.to(device).eval()
-    label_map = model.label_map
-
     metric = SemanticKITTIIoU(label_map.num_classes, label_map.ignore_index).to(device)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    export_dir = Path(cfg.export_dir) if cfg.get("export") else None
     has_labels = False
     skipped: list[dict[str, str]] = []
     with Progress(transient=True) as progress:
-        task = progress.add_task(f"evaluating {split}", total=len(dataset))
+        task = progress.add_task(description or f"evaluating {split}", total=len(dataset))
         for batch in loader:
             skipped.extend(batch.skipped)
             progress.advance(task, len(batch.skipped))
@@ -103,14 +102,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 if export_dir is not None:
                     write_submission(export_dir, meta["sequence"], meta["frame"], full, label_map)
             progress.advance(task, batch.num_clouds)
+    return (metric.compute() if has_labels else None), skipped
+
+
+@torch.no_grad()
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.data.split``; returns the metrics dict (empty when
+    the split has no labels). Writes ``metrics.json`` and ``confusion.png`` into
+    ``cfg.paths.output_dir`` and, with ``export=true``, the submission tree."""
+    run_cfg, ckpt = load_run(cfg.ckpt_path)
+    datamodule = instantiate(_data_config(run_cfg, cfg.data))
+    datamodule.prepare_data()
+    split = str(cfg.data.split)
+
+    model = instantiate(run_cfg.model)
+    model.load_state_dict(ckpt["state_dict"])
+    device = _device(cfg.get("device", "auto"))
+    model.to(device).eval()
+    names = model.label_map.class_names
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_dir = Path(cfg.export_dir) if cfg.get("export") else None
+    result, skipped = score_split(model, datamodule, split, device, export_dir)
 
     console = Console()
     for r in skipped:
         console.print(f"[yellow]skipped (data.on_bad_scan=skip):[/] {r['path']}: {r['reason']}")
     metrics: dict[str, Any] = {}
-    if has_labels:
-        result = metric.compute()
-        names = label_map.class_names
+    if result is not None:
         console.print(iou_table(result, names, title=f"{split}: {cfg.ckpt_path}"))
         metrics = metrics_to_dict(result, names)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

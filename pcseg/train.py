@@ -82,11 +82,49 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if model.last_result is not None and trainer.is_global_zero:
-            from rich.console import Console
-
-            from pcseg.metrics import iou_table
-
-            Console().print(iou_table(model.last_result, model.label_map.class_names))
-            if best:
-                Console().print(f"best checkpoint: {best}")
+            metrics.update(report_best(model, datamodule, best, Path(cfg.paths.output_dir)))
     return metrics
+
+
+def report_best(model: Any, datamodule: Any, best: str, out_dir: Path) -> dict[str, float]:
+    """Print the best checkpoint's per-class IoU table on the validation split, scored the
+    benchmark's way: every original point of every scan (the network ran on voxels; labels go
+    back through the voxel index), as ``evaluate.py`` does. Training monitors the same IoU on
+    voxel labels (``val/miou``), which weighs sparse far points as much as dense near ones, so
+    it reads lower; both are printed. Writes ``out_dir/val_metrics.json`` (evaluate.py's
+    metrics.json format) and returns ``val_full/miou``, ``val_full/miou_present`` and
+    ``val_full/acc``."""
+    import json
+
+    import torch
+    from rich.console import Console
+
+    from pcseg.evaluate import score_split
+    from pcseg.metrics import iou_table, metrics_to_dict
+
+    console = Console()
+    voxel = model.last_result
+    names = model.label_map.class_names
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        result, _ = score_split(model, datamodule, "val", device, description="full resolution")
+    model.train(was_training)
+    if result is None:  # unlabelled validation scans: only the voxel-level table exists
+        console.print(iou_table(voxel, names, title="val (voxels)"))
+        return {}
+    console.print(iou_table(result, names, title="val, every point (the benchmark's way)"))
+    console.print(
+        f"voxel-level val mIoU (what training monitors): {100 * float(voxel.miou):.1f} % "
+        f"official, {100 * float(voxel.miou_present):.1f} % over the classes present"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "val_metrics.json").write_text(json.dumps(metrics_to_dict(result, names), indent=2))
+    if best:
+        console.print(f"best checkpoint: {best}")
+    return {
+        "val_full/miou": float(result.miou),
+        "val_full/miou_present": float(result.miou_present),
+        "val_full/acc": float(result.acc),
+    }

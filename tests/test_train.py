@@ -137,7 +137,7 @@ def _run(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess
 @pytest.mark.slow
 def test_train_checkpoint_evaluate_export_via_cli(toy_root, tmp_path):
     run_dir = tmp_path / "run"
-    _run(
+    trained = _run(
         "train.py",
         [
             *data_overrides(toy_root),
@@ -152,6 +152,13 @@ def test_train_checkpoint_evaluate_export_via_cli(toy_root, tmp_path):
     assert {"last.ckpt"} <= {c.name for c in ckpts} and len(ckpts) >= 2
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    # the closing table scores the best checkpoint on every original point, as evaluate.py does
+    assert "every point" in trained.stdout and "voxel-level val mIoU" in trained.stdout
+    best = next(c for c in ckpts if c.name.startswith("epoch_"))
+    val_dir = tmp_path / "eval_val"
+    _run("evaluate.py", [f"ckpt_path={best}", f"hydra.run.dir={val_dir}"], tmp_path)
+    at_end = json.loads((run_dir / "val_metrics.json").read_text())
+    assert at_end == json.loads((val_dir / "metrics.json").read_text())
 
     eval_dir = tmp_path / "eval"
     proc = _run(
