@@ -65,6 +65,7 @@ def score_split(
     device: torch.device,
     export_dir: Path | None = None,
     description: str | None = None,
+    progress: bool = True,
 ) -> tuple[Any | None, list[dict[str, str]]]:
     """Predict every ORIGINAL point of every scan of ``split`` and score it the benchmark's way.
 
@@ -73,6 +74,8 @@ def score_split(
     point of a scan, as the SemanticKITTI benchmark does. ``export_dir``: also write submission
     files there. Returns (the metric's result, or None when the split has no labels; the
     scans skipped under ``on_bad_scan=skip``). ``model`` must be in eval mode on ``device``.
+    Under an initialised process group every process must call it: each scores its share of
+    the scans (the evaluation sampler) and the confusion matrices are summed across processes.
     """
     label_map = model.label_map
     dataset = datamodule.dataset(split)
@@ -80,11 +83,11 @@ def score_split(
     metric = SemanticKITTIIoU(label_map.num_classes, label_map.ignore_index).to(device)
     has_labels = False
     skipped: list[dict[str, str]] = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task(description or f"evaluating {split}", total=len(dataset))
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(description or f"evaluating {split}", total=len(dataset))
         for batch in loader:
             skipped.extend(batch.skipped)
-            progress.advance(task, len(batch.skipped))
+            bar.advance(task, len(batch.skipped))
             if batch.num_clouds == 0:
                 continue
             batch = batch.to(device)
@@ -101,8 +104,11 @@ def score_split(
                     has_labels = True
                 if export_dir is not None:
                     write_submission(export_dir, meta["sequence"], meta["frame"], full, label_map)
-            progress.advance(task, batch.num_clouds)
-    return (metric.compute() if has_labels else None), skipped
+            bar.advance(task, batch.num_clouds)
+    labelled = torch.tensor(float(has_labels), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(labelled)  # every process computes (and syncs) or none
+    return (metric.compute() if labelled.item() > 0 else None), skipped
 
 
 @torch.no_grad()

@@ -81,19 +81,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("Validating the best checkpoint: %s", best or "<current weights>")
         trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        if model.last_result is not None and trainer.is_global_zero:
-            metrics.update(report_best(model, datamodule, best, Path(cfg.paths.output_dir)))
+        if model.last_result is not None:  # every process scores its share; rank 0 reports
+            out_dir = Path(cfg.paths.output_dir)
+            metrics.update(report_best(model, datamodule, best, out_dir, trainer.is_global_zero))
     return metrics
 
 
-def report_best(model: Any, datamodule: Any, best: str, out_dir: Path) -> dict[str, float]:
+def report_best(
+    model: Any, datamodule: Any, best: str, out_dir: Path, main: bool = True
+) -> dict[str, float]:
     """Print the best checkpoint's per-class IoU table on the validation split, scored the
     benchmark's way: every original point of every scan (the network ran on voxels; labels go
     back through the voxel index), as ``evaluate.py`` does. Training monitors the same IoU on
     voxel labels (``val/miou``), which weighs sparse far points as much as dense near ones, so
     it reads lower; both are printed. Writes ``out_dir/val_metrics.json`` (evaluate.py's
     metrics.json format) and returns ``val_full/miou``, ``val_full/miou_present`` and
-    ``val_full/acc``."""
+    ``val_full/acc``. Under DDP every process must call it (the scans are shared out and the
+    confusion matrices summed); only ``main`` (rank 0) prints and writes."""
     import json
 
     import torch
@@ -109,8 +113,12 @@ def report_best(model: Any, datamodule: Any, best: str, out_dir: Path) -> dict[s
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        result, _ = score_split(model, datamodule, "val", device, description="full resolution")
+        result, _ = score_split(
+            model, datamodule, "val", device, description="full resolution", progress=main
+        )
     model.train(was_training)
+    if not main:
+        return {}
     if result is None:  # unlabelled validation scans: only the voxel-level table exists
         console.print(iou_table(voxel, names, title="val (voxels)"))
         return {}
