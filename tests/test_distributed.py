@@ -250,6 +250,29 @@ def test_two_processes_train_then_validate_every_scan_exactly_once(tmp_path):
     labelled = sum(int((collate_point_clouds([dataset[i]]).label != 0).sum()) for i in range(3))
     assert int(one.sum()) == labelled
 
+    # The closing table: both processes scored their share of the validation scans on every
+    # original point and rank 0 wrote the sum; one process scoring the same checkpoint alone
+    # gets the same matrix, which counts each labelled point of the split exactly once.
+    from pcseg.data.io import read_labels
+    from pcseg.data.labels import load_label_map
+    from pcseg.evaluate import score_split
+
+    best = next((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    run_cfg, best_ckpt = load_run(best)
+    model = instantiate(run_cfg.model)
+    model.load_state_dict(best_ckpt["state_dict"])
+    alone, _ = score_split(
+        model.eval(), instantiate(run_cfg.data), "val", torch.device("cpu"), progress=False
+    )
+    at_end = json.loads((run_dir / "val_metrics.json").read_text())
+    assert at_end["confusion"] == alone.confusion.tolist()
+    lm = load_label_map()
+    points = sum(
+        int((lm.to_train(read_labels(f)[0]) != 0).sum())
+        for f in sorted((root / "sequences" / "01" / "labels").glob("*.label"))
+    )
+    assert int(alone.confusion.sum()) == points
+
 
 def main(argv: list[str]) -> None:
     """``CKPT DEVICES OUT``: validate CKPT with DEVICES processes, rank 0 writes the matrix."""
