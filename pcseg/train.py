@@ -100,7 +100,6 @@ def report_best(
     confusion matrices summed); only ``main`` (rank 0) prints and writes."""
     import json
 
-    import torch
     from rich.console import Console
 
     from pcseg.evaluate import score_split
@@ -112,10 +111,9 @@ def report_best(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        result, _ = score_split(
-            model, datamodule, "val", device, description="full resolution", progress=main
-        )
+    result, _ = score_split(
+        model, datamodule, "val", device, description="full resolution", progress=main
+    )
     model.train(was_training)
     if not main:
         return {}

@@ -27,14 +27,7 @@ import pcseg.config  # noqa: F401
 from pcseg import PROJECT_ROOT
 from pcseg.data.collate import collate_point_clouds
 from pcseg.data.samplers import UnpaddedDistributedSampler, evaluation_sampler
-
-SMALL_MODEL = [
-    "model.net.width=8",
-    "model.net.depth=2",
-    "model.net.k=8",
-    "model.net.head_hidden=[16]",
-    "model.net.kernel_hidden=[8]",
-]
+from tests.test_train import SMALL_MODEL
 
 
 def validate_confusion(ckpt_path: str | Path, devices: int) -> torch.Tensor:

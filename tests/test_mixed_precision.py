@@ -24,16 +24,10 @@ from pcseg.data.collate import collate_point_clouds
 from pcseg.nn.continuous_conv import ContinuousConv, compile_network, set_conv_options
 from pcseg.train import train
 from tests.helpers import write_toy_dataset
+from tests.test_train import SMALL_MODEL
 
 HAS_CUDA = torch.cuda.is_available()
-SMALL_MODEL = [
-    "model.net.width=8",
-    "model.net.depth=2",
-    "model.net.coarse_depth=1",
-    "model.net.k=8",
-    "model.net.head_hidden=[16]",
-    "model.net.kernel_hidden=[8]",
-]
+SMALL_UNET = [*SMALL_MODEL, "model.net.coarse_depth=1"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def toy_root(tmp_path_factory) -> Path:
 def compose_run(root: Path, out: Path, overrides: list[str]) -> DictConfig:
     """The train config on the toy data with a small model, plus ``overrides``."""
     data = [
-        "model=pccn_unet",  # SMALL_MODEL sets its coarse_depth
+        "model=pccn_unet",  # SMALL_UNET sets its coarse_depth
         "data=semantickitti",
         f"data.root={root}",
         "data.sequences={train:[0],valid:[1],test:[1]}",
@@ -54,7 +48,7 @@ def compose_run(root: Path, out: Path, overrides: list[str]) -> DictConfig:
     ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*data, *SMALL_MODEL, *overrides])
+        cfg = compose(config_name="train", overrides=[*data, *SMALL_UNET, *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
         cfg.paths.log_dir = str(out / "logs")

@@ -263,41 +263,42 @@ class PCCNEncoderDecoder(PCCN):
         self.deep_up_norm = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(levels - 1))
         self.head = ContextHead(width * depth + width, width, head_hidden, num_classes, dropout)
 
+    def _stage(self, level: int) -> tuple[ContinuousConv, nn.ModuleList, ContinuousConv, nn.Module]:
+        """(down conv, blocks, up conv, up norm) of coarse ``level`` (1 = the first)."""
+        if level == 1:
+            return self.down, self.coarse_blocks, self.up, self.up_norm
+        i = level - 2
+        return self.deep_down[i], self.deep_blocks[i], self.deep_up[i], self.deep_up_norm[i]
+
     def forward(self, batch: PointBatch) -> torch.Tensor:
         """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
         _, outputs = self.encode_fine(batch)
         h = outputs[-1]
+        points = [(batch.coord, batch.offset)]  # (xyz, offset) of level 0 (fine) .. L
+        skips: list[torch.Tensor] = []  # encoder output of levels 1 .. L
         # encoder: level l-1 -> level l (strided subset of the level above), blocks there
-        xyz, offset, scale = batch.coord, batch.offset, self.kernel_scale
-        above: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (xyz, offset, scale)
-        feats: list[torch.Tensor] = []
         for level in range(1, self.levels + 1):
-            above.append((xyz, offset, scale))
+            xyz, offset = points[-1]
             rows, c_offset = strided_subsample(offset, self.stride)
             c_xyz = xyz[rows]
-            c_scale = self.kernel_scale * 2.0 ** (level - 1)
-            down, blocks = (
-                (self.down, self.coarse_blocks)
-                if level == 1
-                else (self.deep_down[level - 2], self.deep_blocks[level - 2])
-            )
+            scale = self.kernel_scale * 2.0 ** (level - 1)
+            down, blocks, _, _ = self._stage(level)
             down_idx = knn(c_xyz, xyz, self.k, c_offset, offset).idx
             own_idx = knn(c_xyz, c_xyz, self.k, c_offset, c_offset).idx
-            c = torch.relu(down(h, xyz / c_scale, c_xyz / c_scale, down_idx))
+            c_scaled = c_xyz / scale
+            h = torch.relu(down(h, xyz / scale, c_scaled, down_idx))
             for block in blocks:
-                c = block(c, c_xyz / c_scale, own_idx)
-            feats.append(c)
-            h, xyz, offset, scale = c, c_xyz, c_offset, c_scale
-        pooled = segment_max(h, offset)
-        # decoder: add each level's output, carried up, to the level above; level 1 -> fine
+                h = block(h, c_scaled, own_idx)
+            points.append((c_xyz, c_offset))
+            skips.append(h)
+        pooled = segment_max(h, points[-1][1])
+        # decoder: each level's output carried up and added to the level above; level 1 -> fine
         for level in range(self.levels, 0, -1):
-            f_xyz, f_offset, f_scale = above[level - 1]
+            (xyz, offset), (f_xyz, f_offset) = points[level], points[level - 1]
+            scale = self.kernel_scale * 2.0 ** (level - 1)
+            _, _, up, norm = self._stage(level)
             up_idx = knn(f_xyz, xyz, self.k, f_offset, offset).idx
-            if level == 1:
-                up = self.up(h, xyz / scale, f_xyz / scale, up_idx)
-                h = torch.relu(self.up_norm(up))
-            else:
-                up = self.deep_up[level - 2](h, xyz / scale, f_xyz / scale, up_idx)
-                h = feats[level - 2] + torch.relu(self.deep_up_norm[level - 2](up))
-            xyz, offset, scale = f_xyz, f_offset, f_scale
+            h = torch.relu(norm(up(h, xyz / scale, f_xyz / scale, up_idx)))
+            if level > 1:
+                h = skips[level - 2] + h
         return self.head(torch.cat([*outputs, h], dim=1), pooled, batch.offset)
