@@ -18,6 +18,7 @@ import pcseg.config  # noqa: F401  (registers the config resolvers)
 from pcseg.data.io import read_labels
 from pcseg.metrics import SemanticKITTIIoU, iou_table, metrics_to_dict, save_confusion_png
 from pcseg.predict import full_resolution_predictions, verify_submission, write_submission
+from pcseg.tta import tta_logits
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def score_split(
     export_dir: Path | None = None,
     description: str | None = None,
     progress: bool = True,
+    tta: int = 1,
+    tta_seed: int = 0,
 ) -> tuple[Any | None, list[dict[str, str]]]:
     """Predict every ORIGINAL point of every scan of ``split`` and score it the benchmark's way.
 
@@ -76,6 +79,8 @@ def score_split(
     scans skipped under ``on_bad_scan=skip``). ``model`` must be in eval mode on ``device``.
     Under an initialised process group every process must call it: each scores its share of
     the scans (the evaluation sampler) and the confusion matrices are summed across processes.
+    ``tta`` > 1 predicts with test-time augmentation (:func:`pcseg.tta.tta_logits`, seeded by
+    ``tta_seed``); 1 is the plain forward pass.
     """
     label_map = model.label_map
     dataset = datamodule.dataset(split)
@@ -91,7 +96,8 @@ def score_split(
             if batch.num_clouds == 0:
                 continue
             batch = batch.to(device)
-            pred = model(batch).argmax(dim=1)
+            # tta > 1: mean class probabilities over rotated/mirrored views (pcseg.tta)
+            pred = tta_logits(model, batch, tta, tta_seed, datamodule.features).argmax(dim=1)
             for meta, full in zip(
                 batch.meta, full_resolution_predictions(pred, batch), strict=True
             ):
@@ -130,7 +136,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     export_dir = Path(cfg.export_dir) if cfg.get("export") else None
-    result, skipped = score_split(model, datamodule, split, device, export_dir)
+    result, skipped = score_split(
+        model,
+        datamodule,
+        split,
+        device,
+        export_dir,
+        tta=int(cfg.get("tta", 1)),
+        tta_seed=int(cfg.get("tta_seed", 0)),
+    )
 
     console = Console()
     for r in skipped:

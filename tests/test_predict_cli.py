@@ -238,3 +238,20 @@ def test_predict_cli_on_loose_files(toy_run, tmp_path):
         assert b"property int label" in ply.read_bytes()[:400]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["files"]) == 5 and summary["failed"][0]["path"].endswith("bad.bin")
+
+
+def test_evaluate_tta(toy_run, tmp_path):
+    """evaluate.py tta=1 is the plain score exactly; tta=4 scores every labelled point too."""
+    _, ckpt = toy_run
+    metrics = {}
+    for tta in (None, 1, 4):
+        overrides = [f"ckpt_path={ckpt}", "data.num_workers=0"]
+        overrides += [] if tta is None else [f"tta={tta}"]
+        cfg = _compose("evaluate", overrides, tmp_path / str(tta))
+        if tta is None:
+            with open_dict(cfg):
+                del cfg["tta"]
+        metrics[tta] = evaluate(cfg)
+    assert metrics[1] == metrics[None]
+    assert 0.0 <= metrics[4]["miou"] <= 1.0
+    assert np.sum(metrics[4]["confusion"]) == np.sum(metrics[1]["confusion"])
