@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from pcseg import PROJECT_ROOT
-from pcseg.ops import _conv_fused
-from pcseg.ops._conv_primitives import chunk_size
+from pcseg.ops._conv_chunked import chunk_size
 from pcseg.ops.continuous_conv import continuous_conv
 from pcseg.train import train
 from tests.helpers import write_toy_dataset
@@ -72,11 +71,10 @@ def test_same_seed_gives_identical_losses_metrics_and_weights(toy_root, tmp_path
 
 
 @pytest.mark.parametrize("kernel", ["full", "separable"])
-def test_fused_conv_gradients_are_bit_exact_with_worker_threads(monkeypatch, kernel):
+def test_fused_conv_gradients_are_bit_exact_with_worker_threads(kernel):
     """The fused op's chunks run on worker threads, each summing its chunks' gradients into its
     own accumulators. Which thread gets which chunk must not depend on timing, or float
     rounding differs run to run (it did: a chunk -> first free thread queue)."""
-    monkeypatch.setattr(_conv_fused, "CHUNK_WORKERS", 3)
     gen = torch.Generator().manual_seed(0)
     k, c = 32, 48
     n = 7 * chunk_size(k, c + 9)  # 7 chunks: 2-3 per worker
@@ -90,7 +88,9 @@ def test_fused_conv_gradients_are_bit_exact_with_worker_threads(monkeypatch, ker
     for _ in range(4):
         f, p = feat.clone().requires_grad_(), pts.clone().requires_grad_()
         mlp.zero_grad()
-        out = continuous_conv(f, p, p, idx, mlp, kernel=kernel, weight=weight, impl="fused")
+        out = continuous_conv(
+            f, p, p, idx, mlp, kernel=kernel, weight=weight, impl="chunked", workers=3
+        )
         out.pow(2).sum().backward()
         grads.append([f.grad, p.grad, *(q.grad.clone() for q in mlp.parameters())])
     for other in grads[1:]:

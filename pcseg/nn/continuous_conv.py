@@ -110,8 +110,6 @@ class ContinuousConv(nn.Module):
             weight=self.weight,
             normalize=self.normalize,
             impl=self.impl,
-            backend=self.backend,
-            compile_mlp=self.compile_mlp,
         )
 
     def extra_repr(self) -> str:

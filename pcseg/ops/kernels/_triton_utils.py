@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,16 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install 'pcseg[triton]' (or use the PyTorch path of pcseg.ops)"
     ) from exc
 
-__all__ = [
-    "INTERPRETED",
-    "INTERPRETER_BLOCKS",
-    "launch",
-    "next_pow2",
-    "or_scratch",
-    "tl",
-    "tl_acc",
-    "triton",
-]
+__all__ = ["INTERPRETED", "INTERPRETER_BLOCKS", "next_pow2", "tl", "tl_acc", "triton", "tuned_once"]
 
 
 def interpret_env() -> bool:
@@ -66,39 +57,9 @@ def next_pow2(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
-def or_scratch(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A gradient buffer, or a 1-element scratch for one the kernel skips (constexpr flag).
-
-    Never an input tensor: the autotuner zeroes the ``grad_feat_ptr`` buffer while benchmarking.
-    """
-    return t if t is not None else torch.zeros(1, dtype=dtype, device=device)
-
-
 def tl_acc(dtype: torch.dtype) -> Any:
-    """The triton accumulation dtype for a torch accumulation dtype."""
+    """The triton accumulation dtype for a torch compute dtype (float64 stays float64)."""
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def launch(
-    kernel: Any,
-    tuned: Callable[[], Any],
-    grid: Callable[[dict[str, int]], Sequence[int]],
-    device: torch.device,
-    args: Sequence[Any],
-    *,
-    interp_meta: dict[str, int],
-    **meta: Any,
-) -> None:
-    """Launch ``kernel`` with fixed ``interp_meta`` blocks (interpreter) or ``tuned()`` (CUDA).
-
-    ``grid`` maps the chosen block sizes to the launch grid; ``meta`` holds the constexprs that
-    are derived from the shapes (BLOCK_H, ACC, flags) and so are never autotuned.
-    """
-    if INTERPRETED:
-        kernel[grid(interp_meta)](*args, **interp_meta, **meta)
-        return
-    with torch.cuda.device(device):
-        tuned()[grid](*args, **meta)
 
 
 def autotune_enabled() -> bool:
