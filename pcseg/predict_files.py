@@ -160,7 +160,7 @@ def write_outputs(
     write_labels(label_path, raw)
     written.append(label_path)
     if prediction.probs is not None:
-        probs = prediction.probs.astype(np.float16)
+        probs = prediction.probs.astype(np.float16, copy=False)
         written.append(
             _atomic(prefix.with_name(prefix.name + ".probs.npy"), lambda p: np.save(p, probs))
         )
@@ -206,7 +206,10 @@ class _Reporter:
             print(text, flush=True)
 
     def warn(self, text: str) -> None:
-        log.warning(text) if self.progress is None else self.line(f"warning: {text}", "yellow")
+        if self.progress is None:
+            log.warning(text)
+        else:
+            self.line(f"warning: {text}", "yellow")
 
     def advance(self) -> None:
         if self.progress is not None:
