@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,46 @@ LAST_CHECKPOINT = "last.ckpt"
 
 class CheckpointNotFoundError(FileNotFoundError):
     """``ckpt_path`` names no checkpoint; the message says what was searched."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or was not written by pcseg's train()."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Unpickling the checkpoint would call code (anything beyond tensors and plain containers).
+
+    Raised by :func:`safe_torch_load` before any of it runs.
+    """
+
+
+def safe_torch_load(path: _PATH, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and plain containers.
+
+    The one way pcseg reads a checkpoint (evaluation, fine-tuning, prediction, and Lightning's
+    own resume through :class:`AtomicCheckpointIO`): a pickle that names any other global (an
+    object whose ``__reduce__`` calls ``os.system``, ``builtins.open`` ...) is refused by torch's
+    restricted unpickler before anything is called, and re-raised as UnsafeCheckpointError
+    naming the file and the global. An unreadable file raises CheckpointError naming it.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        detail = f"it names {found.group(1)}" if found else str(exc).strip().splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{path}: refused: loading it would run code from the file ({detail}). pcseg loads "
+            "checkpoints with torch.load(weights_only=True): tensors and plain containers only. "
+            "Nothing from the file was executed; re-save it from a source you trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise CheckpointNotFoundError(f"{path}: no such checkpoint file") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,6 +104,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, Path(str(path).removeprefix("file://")))
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Any | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Lightning's resume (``trainer.fit(ckpt_path=...)``) and ``validate(ckpt_path=...)``
+        read through here: always ``weights_only=True`` (whatever the caller asks), and a
+        refused pickle raises UnsafeCheckpointError naming the file (:func:`safe_torch_load`)."""
+        if not _is_local(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        local = Path(str(path).removeprefix("file://"))
+        if not local.is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {local}")
+        return safe_torch_load(local, map_location=map_location)
 
 
 def _is_local(path: _PATH) -> bool:
@@ -216,8 +273,18 @@ def resolve_ckpt_path(value: str | os.PathLike | None, runs_dir: Path) -> Path |
         for candidate in (path / "checkpoints" / LAST_CHECKPOINT, path / LAST_CHECKPOINT):
             if candidate.is_file():
                 return candidate
+        ckpts = sorted(p.name for p in path.glob("*.ckpt")) + sorted(
+            f"checkpoints/{p.name}" for p in path.glob("checkpoints/*.ckpt")
+        )
+        hint = (
+            f"; it holds {', '.join(ckpts[:5])}{' ...' if len(ckpts) > 5 else ''}: pass one of "
+            "them as ckpt_path=<file>"
+            if ckpts
+            else "; pass a .ckpt file, a run folder (logs/train/runs/<run>) or ckpt_path=last"
+        )
         raise CheckpointNotFoundError(
-            f"ckpt_path={path}: a folder without checkpoints/{LAST_CHECKPOINT} or {LAST_CHECKPOINT}"
+            f"ckpt_path={path}: a folder, but not a run folder: no checkpoints/{LAST_CHECKPOINT} "
+            f"or {LAST_CHECKPOINT} in it{hint}"
         )
     if not path.is_file():
         raise CheckpointNotFoundError(f"ckpt_path={path}: no such checkpoint file")
@@ -232,13 +299,16 @@ def run_dir_of(ckpt: Path) -> Path | None:
 __all__ = [
     "LAST",
     "AtomicCheckpointIO",
+    "CheckpointError",
     "CheckpointNotFoundError",
     "RandomState",
     "StepCheckpoint",
+    "UnsafeCheckpointError",
     "atomic_torch_save",
     "collect_random_state",
     "find_last_checkpoint",
     "resolve_ckpt_path",
     "run_dir_of",
+    "safe_torch_load",
     "set_random_state",
 ]

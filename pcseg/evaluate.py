@@ -1,5 +1,8 @@
 """``evaluate(cfg)``: score a checkpoint the benchmark's way, at full resolution; optionally
-export SemanticKITTI submission files. ``evaluate.py`` is its CLI."""
+export SemanticKITTI submission files. ``evaluate.py`` is its CLI.
+
+The checkpoint is read and its model and data rebuilt by :mod:`pcseg.checkpoint_loading`
+(``weights_only=True``, allow-listed ``_target_``s only)."""
 
 from __future__ import annotations
 
@@ -9,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 
 import pcseg.config  # noqa: F401  (registers the config resolvers)
+from pcseg.checkpoint_loading import (
+    CheckpointError,
+    build_datamodule,
+    build_model,
+    load_checkpoint,
+)
 from pcseg.data.io import read_labels
 from pcseg.metrics import SemanticKITTIIoU, iou_table, metrics_to_dict, save_confusion_png
 from pcseg.predict import full_resolution_predictions, verify_submission, write_submission
@@ -22,34 +30,19 @@ from pcseg.tta import tta_logits
 
 log = logging.getLogger(__name__)
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing or was not written by pcseg's train()."""
+__all__ = ["CheckpointError", "evaluate", "load_run", "score_split", "train_runs_dir"]
 
 
 def load_run(ckpt_path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
-    """Read a checkpoint and the composed config stored in it by ``train()``."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "pcseg_config" not in ckpt:
-        raise CheckpointError(
-            f"{path}: no 'pcseg_config' in the checkpoint (not saved by train.py)"
-        )
-    return OmegaConf.create(ckpt["pcseg_config"]), ckpt
+    """Read a checkpoint and the composed config stored in it by ``train()``, safely
+    (see :func:`pcseg.checkpoint_loading.load_checkpoint`, which this wraps)."""
+    run = load_checkpoint(ckpt_path)
+    return run.config, run.ckpt
 
 
-def _data_config(run_cfg: DictConfig, overrides: DictConfig) -> DictConfig:
-    data_cfg = run_cfg.data.copy()
-    for key in ("root", "sequences", "batch_size", "num_workers", "min_points"):
-        if overrides.get(key) is not None:
-            data_cfg[key] = overrides[key]
-    # Training skips bad scans; a score must cover every scan, so evaluation raises on the
-    # first bad one unless the user asks for data.on_bad_scan=skip.
-    data_cfg.on_bad_scan = overrides.get("on_bad_scan") or "raise"
-    data_cfg.generate = bool(data_cfg.get("generate")) and overrides.get("root") is None
-    return data_cfg
+def train_runs_dir(cfg: DictConfig) -> Path:
+    """Where ``ckpt_path=last`` looks: the training runs, ``<paths.log_dir>/train/runs``."""
+    return Path(cfg.paths.log_dir) / "train" / "runs"
 
 
 def _device(name: str) -> torch.device:
@@ -122,13 +115,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.data.split``; returns the metrics dict (empty when
     the split has no labels). Writes ``metrics.json`` and ``confusion.png`` into
     ``cfg.paths.output_dir`` and, with ``export=true``, the submission tree."""
-    run_cfg, ckpt = load_run(cfg.ckpt_path)
-    datamodule = instantiate(_data_config(run_cfg, cfg.data))
+    trusted = list(cfg.get("trusted_targets") or [])
+    run = load_checkpoint(cfg.ckpt_path, train_runs_dir(cfg), trusted)
+    datamodule = build_datamodule(run.config, cfg.data, run.path, trusted)
     datamodule.prepare_data()
     split = str(cfg.data.split)
 
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(ckpt["state_dict"])
+    model = build_model(run, trusted)
     device = _device(cfg.get("device", "auto"))
     model.to(device).eval()
     names = model.label_map.class_names
@@ -151,7 +144,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         console.print(f"[yellow]skipped (data.on_bad_scan=skip):[/] {r['path']}: {r['reason']}")
     metrics: dict[str, Any] = {}
     if result is not None:
-        console.print(iou_table(result, names, title=f"{split}: {cfg.ckpt_path}"))
+        console.print(iou_table(result, names, title=f"{split}: {run.path}"))
         metrics = metrics_to_dict(result, names)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         save_confusion_png(result.confusion, names, out_dir / "confusion.png")

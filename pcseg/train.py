@@ -11,7 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pcseg.config  # noqa: F401  (registers the config resolvers)
-from pcseg.checkpointing import LAST, RandomState, resolve_ckpt_path, run_dir_of
+from pcseg.checkpointing import (
+    LAST,
+    RandomState,
+    resolve_ckpt_path,
+    run_dir_of,
+    safe_torch_load,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,10 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     ckpt = resolve_ckpt_path(requested, runs_dir(cfg))
     if ckpt is None:
         return None
+    # Read it once up front (weights_only=True): a checkpoint whose pickle would run code is
+    # refused here, naming it, before any data or model is built (Lightning reads it again
+    # through AtomicCheckpointIO, also weights_only=True).
+    safe_torch_load(ckpt)
     run_dir = run_dir_of(ckpt)
     if str(requested) == LAST and run_dir is not None:
         new_dir = cfg.paths.output_dir
@@ -59,7 +69,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ``evaluate.py`` rebuilds the same data pipeline and network from the checkpoint alone.
     After fitting, the best checkpoint (by ``val/miou``) is validated and its per-class IoU
     table printed. ``cfg.ckpt_path`` resumes: see :func:`resume_checkpoint`.
+    ``cfg.adapt.root`` adds self-training on unlabelled real scans: see :mod:`pcseg.adapt`.
     """
+    if cfg.get("adapt") is not None and cfg.adapt.get("root"):
+        from pcseg.adapt import adapt  # simulated training (or adapt.from_ckpt), then real scans
+
+        return adapt(cfg)
     ckpt_path = resume_checkpoint(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -73,17 +88,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("validate_best") and not trainer.fast_dev_run:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         log.info("Validating the best checkpoint: %s", best or "<current weights>")
-        trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        trainer.validate(
+            model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if model.last_result is not None:  # every process scores its share; rank 0 reports
             out_dir = Path(cfg.paths.output_dir)
             metrics.update(report_best(model, datamodule, best, out_dir, trainer.is_global_zero))
+    for callback in callbacks:  # a time budget's closing line: epochs trained, whole run time
+        if line := getattr(callback, "budget_summary", lambda: None)():
+            log.info(line)
     return metrics
 
 
