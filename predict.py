@@ -1,6 +1,7 @@
 """Label your own point clouds: ``python predict.py ckpt_path=<ckpt|run folder|last>
 input=<file|folder|glob> output=<dir>`` (see configs/predict.yaml). Exit status: 1 if any file
-failed (the others are still predicted), 2 if the input or checkpoint names nothing."""
+failed (the others are still predicted), 2 if the input names nothing or the checkpoint is
+missing, not pcseg's, or unsafe (see pcseg.checkpoint_loading)."""
 
 import sys
 
@@ -8,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 import pcseg.config  # noqa: F401  (registers the config resolvers)
+from pcseg.checkpoint_loading import CheckpointError
 from pcseg.checkpointing import CheckpointNotFoundError
 from pcseg.loose_files import InputSpecError
 from pcseg.predict_files import predict
@@ -17,7 +19,7 @@ from pcseg.predict_files import predict
 def main(cfg: DictConfig) -> None:
     try:
         summary = predict(cfg)
-    except (InputSpecError, CheckpointNotFoundError) as e:  # nothing to predict: say why
+    except (InputSpecError, CheckpointNotFoundError, CheckpointError) as e:  # say why, briefly
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if summary.failed:

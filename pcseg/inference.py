@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from pcseg.checkpoint_loading import LoadedRun, build_model, load_checkpoint
 from pcseg.data.labels import LabelMap, load_label_map
 from pcseg.predict import full_resolution_predictions
 from pcseg.structures import PointBatch
@@ -46,23 +46,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_checkpoint_model(
-    ckpt_path: str | Path, runs_dir: Path | None = None
-) -> tuple[nn.Module, DictConfig, Path]:
-    """Build the network of a checkpoint: (model in eval mode on CPU, its run config, the file).
+    ckpt_path: str | Path, runs_dir: Path | None = None, trusted_targets: Sequence[str] = ()
+) -> tuple[nn.Module, LoadedRun]:
+    """The network of a checkpoint (eval mode, CPU) and the checkpoint read safely.
 
     ``ckpt_path``: a checkpoint file, a run folder, or ``last`` (the newest
-    ``runs_dir/*/checkpoints/last.ckpt``), as ``train.py`` resolves it.
+    ``runs_dir/*/checkpoints/last.ckpt``). Read with ``torch.load(weights_only=True)`` and only
+    allow-listed ``_target_``s built (:mod:`pcseg.checkpoint_loading`, plus ``trusted_targets``);
+    its errors name the file.
     """
-    from pcseg.checkpointing import resolve_ckpt_path
-    from pcseg.evaluate import load_run
-
-    path = resolve_ckpt_path(ckpt_path, runs_dir or Path("logs/train/runs"))
-    if path is None:
-        raise ValueError("ckpt_path is empty: give a checkpoint file, a run folder or 'last'")
-    run_cfg, ckpt = load_run(path)
-    model = instantiate(run_cfg.model)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), run_cfg, path
+    run = load_checkpoint(ckpt_path, runs_dir, trusted_targets)
+    return build_model(run, trusted_targets), run
 
 
 @dataclass

@@ -19,13 +19,14 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 
+from pcseg.checkpoint_loading import LoadedRun, build_datamodule
 from pcseg.data.collate import collate_point_clouds
 from pcseg.data.errors import DatasetFileError, ScanFormatError
 from pcseg.data.io import write_scan
@@ -211,29 +212,34 @@ class LoadedScan(NamedTuple):
 class LooseScanLoader:
     """Load loose files through a checkpoint's own data pipeline.
 
-    ``data_cfg``: the run's ``data`` config (stored in the checkpoint). Each :meth:`load` links
-    the file as the only scan of a temporary ``sequences/00/velodyne/`` folder (an ``.npy`` is
-    written there as ``.bin``), instantiates the run's DataModule on it (no augmentation, bad
-    scans raise) and returns its ``test`` item collated into a batch: the same reader, checks,
-    voxelisation and features as evaluation. ``min_points``: None keeps the run's
-    ``data.min_points``. Use as a context manager (the temporary folder is removed on exit).
+    ``run``: the checkpoint (:func:`pcseg.checkpoint_loading.load_checkpoint`). Each
+    :meth:`load` links the file as the only scan of a temporary ``sequences/00/velodyne/``
+    folder (an ``.npy`` is written there as ``.bin``), builds the run's DataModule on it
+    (:func:`pcseg.checkpoint_loading.build_datamodule`: allow-listed targets only, no
+    augmentation, bad scans raise) and returns its ``test`` item collated into a batch: the
+    same reader, checks, voxelisation and features as evaluation. ``min_points``: None keeps the
+    run's ``data.min_points``. Use as a context manager (the temporary folder is removed on exit).
     """
 
-    def __init__(self, data_cfg: DictConfig, min_points: int | None = None) -> None:
+    def __init__(
+        self,
+        run: LoadedRun,
+        trusted_targets: Sequence[str] = (),
+        min_points: int | None = None,
+    ) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="pcseg-predict-"))
         self._velodyne = self._tmp / "sequences" / "00" / "velodyne"
-        cfg = data_cfg.copy()
-        with open_dict(cfg):
-            cfg.root = str(self._tmp)
-            cfg.sequences = {"train": [0], "valid": [0], "test": [0]}
-            cfg.generate = False
-            cfg.on_bad_scan = "raise"
-            cfg.test_requires_labels = False
-            cfg.num_workers = 0
-            cfg.persistent_workers = False
-            if min_points is not None:
-                cfg.min_points = int(min_points)
-        self._cfg = cfg
+        config = run.config.copy()
+        with open_dict(config):
+            config.data.test_requires_labels = False  # loose files have no labels
+        self._run_config, self._path = config, run.path
+        self._trusted = tuple(trusted_targets)
+        self._overrides = {
+            "root": str(self._tmp),
+            "sequences": {"train": [0], "valid": [0], "test": [0]},
+            "num_workers": 0,
+            "min_points": min_points,
+        }
 
     def __enter__(self) -> LooseScanLoader:
         return self
@@ -278,7 +284,9 @@ class LooseScanLoader:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                datamodule = instantiate(self._cfg)
+                datamodule = build_datamodule(
+                    self._run_config, self._overrides, self._path, self._trusted
+                )
                 item: dict[str, Any] = datamodule.dataset("test")[0]
             except DatasetFileError as e:
                 if e.path == staged or self._tmp in e.path.parents:

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pcseg.checkpoint_loading import LoadedRun
 from pcseg.data.errors import DatasetFileError
 from pcseg.data.io import write_labels
 from pcseg.data.labels import LabelMap
@@ -220,13 +221,13 @@ class _Reporter:
             self.progress.stop()
 
 
-def _predictor(cfg: DictConfig) -> tuple[CloudPredictor, DictConfig]:
+def _predictor(cfg: DictConfig) -> tuple[CloudPredictor, LoadedRun]:
     runs = Path(cfg.paths.log_dir) / "train" / "runs"
-    model, run_cfg, ckpt = load_checkpoint_model(cfg.ckpt_path, runs)
+    model, run = load_checkpoint_model(cfg.ckpt_path, runs, _trusted(cfg))
     tiles = cfg.get("tiles") or {}
     predictor = CloudPredictor.from_run(
         model,
-        run_cfg,
+        run.config,
         device=resolve_device(str(cfg.get("device", "auto"))),
         tta=int(cfg.get("tta", 1)),
         tta_seed=int(cfg.get("tta_seed", 0)),
@@ -234,8 +235,12 @@ def _predictor(cfg: DictConfig) -> tuple[CloudPredictor, DictConfig]:
         tile_size=float(tiles.get("size", 50.0)),
         tile_overlap=float(tiles.get("overlap", 10.0)),
     )
-    log.info("checkpoint %s on %s", ckpt, predictor.device)
-    return predictor, run_cfg
+    log.info("checkpoint %s on %s", run.path, predictor.device)
+    return predictor, run
+
+
+def _trusted(cfg: DictConfig) -> list[str]:
+    return list(cfg.get("trusted_targets") or [])
 
 
 def predict(cfg: DictConfig) -> PredictSummary:
@@ -247,7 +252,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     """
     start = time.perf_counter()
     base, files = find_inputs(cfg.input)
-    predictor, run_cfg = _predictor(cfg)
+    predictor, run = _predictor(cfg)
     out_dir = Path(cfg.output)
     prefixes = output_stems(base, files, out_dir)
     summary = PredictSummary(output=str(out_dir))
@@ -256,7 +261,7 @@ def predict(cfg: DictConfig) -> PredictSummary:
     ply, png = bool(cfg.get("ply", True)), bool(cfg.get("png", False))
     reporter = _Reporter(len(files), interactive)
     try:
-        with LooseScanLoader(run_cfg.data, cfg.get("min_points")) as loader:
+        with LooseScanLoader(run, _trusted(cfg), cfg.get("min_points")) as loader:
             for i, path in enumerate(files, 1):
                 reporter.detail(path.name)
                 t0 = time.perf_counter()

@@ -255,3 +255,30 @@ def test_evaluate_tta(toy_run, tmp_path):
     assert metrics[1] == metrics[None]
     assert 0.0 <= metrics[4]["miou"] <= 1.0
     assert np.sum(metrics[4]["confusion"]) == np.sum(metrics[1]["confusion"])
+
+
+class _Payload:
+    """Unpickling this creates a file: what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_predict_refuses_a_checkpoint_that_would_run_code(toy_run, tmp_path):
+    from pcseg.checkpoint_loading import UnsafeCheckpointError
+
+    root, _ = toy_run
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"pcseg_config": {}, "state_dict": {}, "x": _Payload(marker)}, evil)
+    cfg = _compose(
+        "predict",
+        [f"ckpt_path={evil}", f"input={root / 'sequences'}", f"output={tmp_path / 'out'}"],
+        tmp_path / "run",
+    )
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.ckpt"):
+        predict(cfg)
+    assert not marker.exists() and not (tmp_path / "out").exists()
