@@ -3,11 +3,15 @@
 
     python scripts/make_synthetic_dataset.py                         # data/synthetic_kitti
     python scripts/make_synthetic_dataset.py --frames 10 --sequences 40 --force
+    python scripts/make_synthetic_dataset.py --sensor vlp16          # data/synthetic_kitti_vlp16
+    python scripts/make_synthetic_dataset.py --sensor my_lidar.yaml  # your own beam layout
 
 Reuses a complete dataset with the same arguments unless --force. ``--frames`` sets the frames
 per training sequence (validation and test get 3/5 as many, as in the default layout);
 ``--sequences`` the number of training sequences, then ``--eval-sequences`` validation and as
-many test sequences (default 4: one per street layout).
+many test sequences (default 12: three per street layout). ``--sensor``: a preset of
+configs/sensors (hdl64e, hdl32e, vlp16, vlp32c, os1-64, os1-128) or a sensor YAML file in the
+same format; the default root then depends on the sensor, so datasets never mix.
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from pcseg import PROJECT_ROOT
 from pcseg.data.synthetic import (
     DEFAULT_SEQUENCES,
     DEFAULT_SPLIT,
+    SensorConfigError,
     ensure_dataset,
     generate_dataset,
+    load_sensor,
+    preset_names,
+    sensor_root,
 )
 
 
@@ -43,13 +51,24 @@ def sequences_for(n_train: int, frames: int, n_eval: int) -> dict[int, int]:
     return seqs
 
 
+def _span(first: int, n: int) -> str:
+    """Sequence ids first..first+n-1 as text: ``[50]`` or ``50-61``."""
+    return f"[{first}]" if n == 1 else f"{first}-{first + n - 1}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--root",
         type=Path,
-        default=Path("data/synthetic_kitti"),
-        help="output folder; relative paths are taken from the repository root",
+        default=None,
+        help="output folder; relative paths are taken from the repository root "
+        "(default: data/synthetic_kitti, or data/synthetic_kitti_<sensor> for another sensor)",
+    )
+    p.add_argument(
+        "--sensor",
+        default="hdl64e",
+        help=f"sensor preset ({', '.join(preset_names())}) or a sensor YAML file",
     )
     p.add_argument("--seed", type=int, default=0)
     default_frames = DEFAULT_SEQUENCES[DEFAULT_SPLIT["train"][0]]
@@ -82,15 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if args.workers is not None and args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
-    root = args.root if args.root.is_absolute() else PROJECT_ROOT / args.root
+    try:
+        lidar = load_sensor(args.sensor)
+    except SensorConfigError as e:
+        p.error(str(e))
+    if args.root is None:
+        root = sensor_root(lidar)
+    else:
+        root = args.root if args.root.is_absolute() else PROJECT_ROOT / args.root
     start = time.perf_counter()
     make = generate_dataset if args.force else ensure_dataset
-    make(root, seqs, seed=args.seed, progress=not args.quiet, workers=args.workers)
-    n_train = args.sequences
+    make(root, seqs, seed=args.seed, progress=not args.quiet, workers=args.workers, lidar=lidar)
+    n_train, n_eval = args.sequences, args.eval_sequences
     print(
-        f"synthetic dataset at {root}: {sum(seqs.values())} scans in {len(seqs)} sequences "
-        f"(train {list(range(n_train))}, valid [{n_train}], test [{n_train + 1}]), "
-        f"{time.perf_counter() - start:.1f} s"
+        f"synthetic dataset at {root} ({lidar.name}): {sum(seqs.values())} scans in "
+        f"{len(seqs)} sequences (train {_span(0, n_train)}, valid {_span(n_train, n_eval)}, "
+        f"test {_span(n_train + n_eval, n_eval)}), {time.perf_counter() - start:.1f} s"
     )
     return 0
 

@@ -42,6 +42,9 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
             by :class:`~pcseg.callbacks.BadScanLogger`, so one bad file never kills a long run;
             ``raise``: stop with the error naming the file (what evaluate.py uses).
         min_points: fewest points a scan file may have (counted before voxelisation).
+        sensor: the simulated LiDAR when ``generate`` (a preset of configs/sensors such as
+            ``vlp16``, or a sensor YAML path; None: HDL-64E). With ``root`` None the dataset
+            lives in a root named after the sensor, so datasets never mix.
     """
 
     def __init__(
@@ -61,9 +64,15 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         test_requires_labels: bool = False,
         on_bad_scan: str = "skip",
         min_points: int = DEFAULT_MIN_POINTS,
+        sensor: str | None = None,
     ) -> None:
         super().__init__()
+        self.sensor = sensor
         self.root = Path(root) if root is not None else DEFAULT_SYNTHETIC_ROOT
+        if root is None and sensor is not None:
+            from pcseg.data.synthetic import sensor_root
+
+            self.root = sensor_root(sensor, DEFAULT_SYNTHETIC_ROOT)
         self.label_map: LabelMap = load_label_map(label_config)
         self.split_sequences = {
             SPLIT_ALIASES.get(k, k): list(v)
@@ -95,9 +104,9 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic dataset if asked and absent (Lightning calls this on rank 0)."""
         if self.generate:
-            from pcseg.data.synthetic import ensure_dataset
+            from pcseg.data.synthetic import ensure_dataset, load_sensor
 
-            ensure_dataset(self.root)
+            ensure_dataset(self.root, lidar=load_sensor(self.sensor))
 
     def sequences(self, split: str) -> list[int]:
         key = SPLIT_ALIASES.get(split, split)

@@ -37,7 +37,7 @@ MATERIALS: tuple[Material, ...] = (
     Material("paint", 0.50),
     Material("concrete", 0.40),
     Material("paving", 0.40),
-    Material("grass", 0.42, roughness=0.03),
+    Material("grass", 0.42, roughness=0.01),  # real terrain scattering 0.003
     Material("soil", 0.33),
     Material("facade", 0.46),
     Material("glass", 0.12, porosity=0.5),

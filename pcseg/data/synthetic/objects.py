@@ -240,7 +240,7 @@ def hedge(mb: MeshBuilder, p: Pose2, length: float, rng: np.random.Generator) ->
 
 def fence(mb: MeshBuilder, p: Pose2, length: float, rng: np.random.Generator) -> None:
     """Fence (51): posts plus a porous panel along the heading."""
-    height = rng.uniform(0.8, 1.6)
+    height = rng.uniform(0.9, 2.0)
     mat = "fence" if rng.random() < 0.6 else "concrete"
     _box(mb, p, (0, 0, 0), (length, 0.06, height), 51, mat, 0)
     for dx in np.arange(-length / 2, length / 2 + 1e-6, 2.5):

@@ -88,7 +88,7 @@ class Populator:
                     )
                 self.yard(street, side, s - length, s, sidewalk_out, front + setback)
                 depth = front + setback - sidewalk_out
-                if depth > 2.5 and rng.random() < 0.4:  # fence between neighbouring yards
+                if depth > 2.5 and rng.random() < 0.6:  # fence between neighbouring yards
                     p = self.pose(street, s - 0.2, sign * (sidewalk_out + depth / 2), np.pi / 2)
                     if p is not None:
                         obj.fence(self.mb, p, depth - 0.5, rng)
@@ -101,7 +101,7 @@ class Populator:
             if rng.random() < prm.p_hedge:  # hedge or fence along the sidewalk
                 p = self.pose(street, mid, sign * (sidewalk_out + 0.6))
                 if p is not None:
-                    if rng.random() < 0.65:
+                    if rng.random() < 0.45:
                         obj.hedge(self.mb, p, length * rng.uniform(0.5, 0.95), rng)
                     else:
                         obj.fence(self.mb, p, length * rng.uniform(0.5, 0.95), rng)
@@ -139,7 +139,11 @@ class Populator:
                         p = self.pose(street, sc, sign * d, np.pi / 2 + rng.normal(0, 0.05))
                         if p is not None:
                             self.parked(p, "car" if rng.random() < 0.9 else "other")
-        elif r < 0.85:  # green lot: trees and bushes
+        elif r < 0.85:  # green lot: trees and bushes, often fenced off from the sidewalk
+            if rng.random() < 0.5:
+                p = self.pose(street, (s0 + s1) / 2, sign * (front + 0.3))
+                if p is not None:
+                    obj.fence(self.mb, p, (s1 - s0) * rng.uniform(0.7, 0.98), rng)
             n = rng.poisson((s1 - s0) * depth / 25)
             for _ in range(n):
                 p = self.pose(street, rng.uniform(s0, s1), sign * rng.uniform(front, front + depth))

@@ -66,9 +66,9 @@ class Scene:
         xy = np.atleast_2d(xy)
         return self.height(xy) + self.raster.offset_at(xy)
 
-    def ego_pose(self, frame: int) -> np.ndarray:
+    def ego_pose(self, frame: int, mount_height: float = SENSOR_HEIGHT) -> np.ndarray:
         """(4, 4) world pose of the sensor at ``frame``: x forward, y left, z up, origin at the
-        optical centre, tilted with the local road slope."""
+        optical centre ``mount_height`` m above the road, tilted with the local road slope."""
         street = self.streets[0]
         s = self.ego_s0 + self.ego_step * frame
         xy, yaw = street.xy_at(s, self.ego_d)
@@ -89,7 +89,7 @@ class Scene:
             [[1, 0, 0], [0, cr, -sr], [0, sr, cr]]
         )
         pose[:3, :3] = np.stack([fwd, left, up], 1) @ tilt
-        pose[:3, 3] = [xy[0], xy[1], self.height(xy[None])[0] + SENSOR_HEIGHT]
+        pose[:3, 3] = [xy[0], xy[1], self.height(xy[None])[0] + mount_height]
         return pose
 
     def agent_pose(self, agent: Agent, frame: int) -> obj.Pose2 | None:

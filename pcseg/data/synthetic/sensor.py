@@ -41,15 +41,88 @@ _HDL64_ELEVATION = np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.8
 
 
 @dataclass(frozen=True)
+class Randomization:
+    """Domain randomisation: per-sequence draws of the sensor and its calibration, so a model
+    does not learn one car's mounting and one laser's gain. ``enabled=False`` draws nothing.
+
+    Defaults come from the spread over the 8 real KITTI scans (scripts/domain_gap.py): mean
+    remission per scan 0.248-0.295 (a gain of +-9 %: log-sigma 0.07), ground under the car
+    1.73-2.03 m below the sensor (height +-0.1 m), and the HDL-64E's published per-laser
+    angle calibration error, kept small so rings never cross.
+    """
+
+    enabled: bool = True
+    height: float = 0.1  # sensor height offset, uniform +- (m)
+    tilt: float = 0.5  # extra pitch and roll of the mount, normal sigma (deg)
+    beam_jitter: float = 0.02  # extra per-beam elevation error, normal sigma (deg)
+    remission_gain: float = 0.07  # log-normal sigma of a global remission gain
+    remission_gamma: tuple[float, float] = (0.9, 1.1)  # remission ** gamma, uniform
+    noise_scale: tuple[float, float] = (0.75, 1.5)  # range noise multiplier, uniform
+    dropout: tuple[float, float] = (0.0, 0.02)  # extra random ray dropout, uniform
+
+
+@dataclass(frozen=True)
+class SensorDraw:
+    """One draw of :class:`Randomization` (identity when randomisation is off)."""
+
+    height: float = 0.0
+    pitch: float = 0.0  # radians
+    roll: float = 0.0
+    elevation: np.ndarray | None = None  # (n_beams,) extra degrees
+    gain: float = 1.0
+    gamma: float = 1.0
+    noise: float = 1.0
+    dropout: float = 0.0
+
+    @classmethod
+    def sample(cls, rnd: Randomization, n_beams: int, rng: np.random.Generator) -> SensorDraw:
+        if not rnd.enabled:
+            return cls()
+        pitch, roll = np.radians(rng.normal(0.0, rnd.tilt, 2))
+        return cls(
+            height=float(rng.uniform(-rnd.height, rnd.height)),
+            pitch=float(pitch),
+            roll=float(roll),
+            elevation=rng.normal(0.0, rnd.beam_jitter, n_beams),
+            gain=float(rng.lognormal(0.0, rnd.remission_gain)),
+            gamma=float(rng.uniform(*rnd.remission_gamma)),
+            noise=float(rng.uniform(*rnd.noise_scale)),
+            dropout=float(rng.uniform(*rnd.dropout)),
+        )
+
+    def apply_to_pose(self, pose: np.ndarray) -> np.ndarray:
+        """``pose`` (4, 4) sensor-to-world, raised by ``height`` and tilted by pitch / roll."""
+        cp, sp, cr, sr = (
+            np.cos(self.pitch),
+            np.sin(self.pitch),
+            np.cos(self.roll),
+            np.sin(self.roll),
+        )
+        tilt = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]]) @ np.array(
+            [[1, 0, 0], [0, cr, -sr], [0, sr, cr]]
+        )
+        out = pose.copy()
+        out[:3, :3] = pose[:3, :3] @ tilt
+        out[2, 3] += self.height
+        return out
+
+
+@dataclass(frozen=True)
 class LidarConfig:
-    """Sensor parameters. Defaults follow the KITTI HDL-64E; fewer beams / azimuth steps give
-    small scans for fast tests (the elevation pattern is resampled, not cut)."""
+    """Sensor parameters. Defaults follow the KITTI HDL-64E; presets for other sensors and a
+    YAML format are in :mod:`.presets` (configs/sensors/*.yaml). ``elevation`` lists the beam
+    angles (degrees); when ``n_beams`` differs from its length the pattern is resampled over
+    the beam index (fewer beams make small scans for fast tests)."""
 
     n_beams: int = 64
     n_azimuth: int = 2048
     max_range: float = 80.0
     min_range: float = 2.5
-    range_noise: float = 0.02
+    # white range noise (m). Real HDL-64E rings are smooth to ~1 cm across 16 neighbours
+    # (road linearity 0.99); 0.02 gave 0.71 (scripts/domain_gap.py). Most of the error is a
+    # fixed per-laser offset (range_bias), which keeps each ring smooth.
+    range_noise: float = 0.006
+    range_bias: float = 0.015  # per-laser constant range offset, normal sigma (m)
     drop_prob: float = 0.015
     multipath_prob: float = 0.0006
     # ego body in the sensor frame, boxes of (min xyz, max xyz): roof and boot behind the
@@ -63,6 +136,14 @@ class LidarConfig:
     # elevation of near returns (real scans: elevation 1 % = -23.5 deg, range 1 % = 4.3 m,
     # although the lowest laser points at -24.9 deg)
     beam_offset: tuple[float, float] = (0.04, 0.24)
+    name: str = "hdl64e"
+    mount_height: float = 1.73  # optical centre above the road (m), as on the KITTI car
+    elevation: tuple[float, ...] = tuple(float(v) for v in _HDL64_ELEVATION)
+    # fixed per-laser angle error (deg); 0.12 let neighbouring rings (0.33 deg apart) nearly
+    # coincide and interleave, which real (calibrated) KITTI scans never show
+    elevation_jitter: float = 0.03
+    beam_gain: float = 0.08  # fixed per-laser remission gain, log-normal sigma
+    randomize: Randomization = Randomization()
 
     def __post_init__(self) -> None:
         if self.n_beams < 1 or self.n_azimuth < 1:
@@ -73,29 +154,45 @@ class LidarConfig:
             raise SensorConfigError(
                 f"need 0 < min_range < max_range, got {self.min_range} and {self.max_range}"
             )
+        if len(self.elevation) < 1 or not all(-90 < e < 90 for e in self.elevation):
+            raise SensorConfigError(f"{self.name}: elevation angles must lie in (-90, 90) deg")
+
+    def base_elevations(self) -> np.ndarray:
+        """The nominal beam elevations (n_beams,) in degrees, top beam first."""
+        base = np.sort(np.asarray(self.elevation, np.float64))[::-1]
+        if self.n_beams == len(base):
+            return base
+        return np.interp(np.linspace(0, len(base) - 1, self.n_beams), np.arange(len(base)), base)
 
     def elevations(self) -> np.ndarray:
-        """Beam elevations (n_beams,) in degrees, top beam first."""
-        if self.n_beams == 64:
-            base = _HDL64_ELEVATION
-        else:
-            base = np.interp(np.linspace(0, 63, self.n_beams), np.arange(64), _HDL64_ELEVATION)
-        # fixed per-laser calibration error, identical for every scan
-        jitter = np.random.default_rng(64).normal(0.0, 0.12, self.n_beams)
-        return base + jitter
+        """Beam elevations (n_beams,) in degrees, top beam first, with the fixed per-laser
+        calibration error (identical for every scan)."""
+        jitter = np.random.default_rng(64).normal(0.0, self.elevation_jitter, self.n_beams)
+        return self.base_elevations() + jitter
+
+    def beam_calibration(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fixed per-laser range offsets (n_beams,) m and remission gains (n_beams,)."""
+        rng = np.random.default_rng(66)
+        return rng.normal(0.0, self.range_bias, self.n_beams), rng.lognormal(
+            0.0, self.beam_gain, self.n_beams
+        )
 
     def origins(self) -> np.ndarray:
         """Per-ray laser origin offsets (n_beams * n_azimuth, 3) in the sensor frame: each
         laser of the HDL-64E sits at its own height, which smears the apparent elevation of
         near points as in real scans."""
-        dz = np.random.default_rng(65).uniform(*self.beam_offset, self.n_beams)
+        # rising smoothly from the top laser to the bottom one: random heights per laser made
+        # neighbouring rings cross on the road (road planarity 0.2-0.5 vs real 0.005)
+        dz = np.linspace(*self.beam_offset, self.n_beams)
         out = np.zeros((self.n_beams, self.n_azimuth, 3))
         out[:, :, 2] = dz[:, None]
         return out.reshape(-1, 3)
 
-    def directions(self) -> np.ndarray:
-        """Unit ray directions (n_beams * n_azimuth, 3) float64 in the sensor frame."""
-        el = np.radians(self.elevations())[:, None]
+    def directions(self, extra: np.ndarray | None = None) -> np.ndarray:
+        """Unit ray directions (n_beams * n_azimuth, 3) float64 in the sensor frame;
+        ``extra`` (n_beams,) degrees are added to the elevations (randomisation)."""
+        el = self.elevations() if extra is None else self.elevations() + extra
+        el = np.radians(el)[:, None]
         az = np.linspace(np.pi, -np.pi, self.n_azimuth, endpoint=False)[None, :]
         d = np.stack(
             [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el) * np.ones_like(az)], -1
@@ -162,6 +259,95 @@ def _ego_hit(dirs: np.ndarray, box: tuple) -> np.ndarray:
     return (tmax >= np.maximum(tmin, 0)) & np.isfinite(tmin)
 
 
+@dataclass
+class _Rays:
+    """Working state of one scan's rays (R = n_beams * n_azimuth), filled step by step."""
+
+    local: np.ndarray  # (R, 3) sensor-frame directions
+    dirs: np.ndarray  # (R, 3) world directions
+    origins: np.ndarray  # (R, 3) world laser origins
+    offsets: np.ndarray  # (R, 3) sensor-frame laser origins
+    beam: np.ndarray  # (R,) beam index
+    total: np.ndarray  # (R,) float64 hit distance, inf = none
+    which: np.ndarray  # (R,) scene index of the hit
+    prim: np.ndarray  # (R,) triangle index
+    normal: np.ndarray  # (R, 3)
+
+    @property
+    def hit(self) -> np.ndarray:
+        return np.isfinite(self.total)
+
+
+def _attr(rays: _Rays, scenes, name: str) -> np.ndarray:
+    """Per-ray triangle attribute ``name`` (materials, labels, instances) of the hit, (R,)."""
+    out = np.zeros(len(rays.total), np.int64)
+    hit = rays.hit
+    for k, (_, mesh) in enumerate(scenes):
+        m = hit & (rays.which == k)
+        out[m] = getattr(mesh, name)[rays.prim[m]]
+    return out
+
+
+def _cast_porous(
+    rays: _Rays, scenes, poro_t: np.ndarray, max_range: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Continue rays through porous surfaces (up to twice); returns the hit material (R,)."""
+    n = len(rays.total)
+    material = _attr(rays, scenes, "materials")
+    for _ in range(2):
+        hit = rays.hit
+        through = hit & (rng.random(n) < poro_t[material]) & (rays.total < max_range)
+        if not through.any():
+            break
+        idx = np.flatnonzero(through)
+        o2 = rays.origins[idx] + rays.dirs[idx] * (rays.total[idx, None] + 0.05)
+        t2, w2, p2, n2 = _cast(scenes, o2, rays.dirs[idx])
+        rays.total[idx] = rays.total[idx] + 0.05 + t2
+        rays.which[idx], rays.prim[idx], rays.normal[idx] = w2, p2, n2
+        material = _attr(rays, scenes, "materials")
+    return material
+
+
+def _returns(
+    rays: _Rays,
+    refl: np.ndarray,
+    cos_inc: np.ndarray,
+    cfg: LidarConfig,
+    draw: SensorDraw,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Mask (R,) of rays that return an echo: a hit within range, strong enough (reflectivity,
+    incidence, range), not dropped at random, not on the ego car."""
+    n = len(rays.total)
+    r = np.where(rays.hit, rays.total, np.inf)
+    signal = refl * np.maximum(cos_inc, 0.3) / np.maximum(r / 20.0, 1.0) ** 2
+    weak = rng.random(n) < np.exp(-signal / 0.012)
+    keep = rays.hit & (r <= cfg.max_range) & (r >= cfg.min_range) & ~weak
+    keep &= rng.random(n) >= cfg.drop_prob + draw.dropout
+    for box in cfg.ego_boxes:
+        keep &= ~_ego_hit(rays.local, box)
+    return keep
+
+
+def _remission(
+    refl: np.ndarray,
+    cos_inc: np.ndarray,
+    gain: np.ndarray,
+    multipath: np.ndarray,
+    draw: SensorDraw,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Remission (R,) in [0, 1]: reflectivity x incidence x per-laser gain x noise, then the
+    randomised global gain and gamma; dark echoes and 5 % at random read 0, as in KITTI."""
+    n = len(refl)
+    rem = refl * (0.75 + 0.25 * cos_inc) * gain * rng.lognormal(0.0, 0.22, n)
+    rem += rng.normal(0.0, 0.02, n)
+    rem[multipath] *= 0.3
+    rem = draw.gain * np.maximum(rem, 0.0) ** draw.gamma
+    rem[(rem < 0.07) | (rng.random(n) < 0.05)] = 0.0
+    return np.clip(rem, 0.0, 1.0)
+
+
 def simulate_scan(
     static: tuple[o3d.t.geometry.RaycastingScene | None, Mesh],
     dynamic: Mesh,
@@ -169,74 +355,44 @@ def simulate_scan(
     rng: np.random.Generator,
     config: LidarConfig | None = None,
     marking: Callable[[np.ndarray], np.ndarray] | None = None,
+    draw: SensorDraw | None = None,
 ) -> Scan:
     """Simulate one scan.
 
     static: (ray-casting scene, mesh) of everything that does not move (world frame);
     dynamic: mesh of the agents at this frame (world frame); pose: (4, 4) sensor-to-world;
     rng: noise source (seed it per frame for order-independent determinism);
-    marking: maps world xy (N, 2) of road hits to a lane-marking mask (N,).
+    marking: maps world xy (N, 2) of road hits to a lane-marking mask (N,);
+    draw: this sequence's domain-randomisation draw (None: none; the pose is already moved).
     """
     cfg = config or LidarConfig()
+    draw = draw or SensorDraw()
     refl_t, poro_t, rough_t, depth_t = material_table()
-    local = cfg.directions()
+    local = cfg.directions(draw.elevation)
     rot, origin = pose[:3, :3], pose[:3, 3]
-    dirs = local @ rot.T
-    n = len(dirs)
     scenes = [static, (raycasting_scene(dynamic), dynamic)]
     offsets = cfg.origins()
+    dirs = local @ rot.T
     origins = origin + offsets @ rot.T
     t, which, prim, normal = _cast(scenes, origins, dirs)
-    total = t.astype(np.float64)
-    hit = np.isfinite(total)
-
-    def tri_attr(name: str) -> np.ndarray:
-        out = np.zeros(n, np.int64)
-        for k, (_, mesh) in enumerate(scenes):
-            m = hit & (which == k)
-            out[m] = getattr(mesh, name)[prim[m]]
-        return out
-
-    material = tri_attr("materials")
-    for _ in range(2):  # porous surfaces: continue some rays behind the first hit
-        through = hit & (rng.random(n) < poro_t[material]) & (total < cfg.max_range)
-        if not through.any():
-            break
-        idx = np.flatnonzero(through)
-        o2 = origins[idx] + dirs[idx] * (total[idx, None] + 0.05)
-        t2, w2, p2, n2 = _cast(scenes, o2, dirs[idx])
-        total[idx] = total[idx] + 0.05 + t2
-        which[idx], prim[idx], normal[idx] = w2, p2, n2
-        hit = np.isfinite(total)
-        material = tri_attr("materials")
-    label = tri_attr("labels")
-    instance = tri_attr("instances")
-
-    rng_total = total.copy()
-    cos_inc = np.abs((normal * dirs).sum(1))
+    beam = np.arange(len(local)) // cfg.n_azimuth
+    rays = _Rays(local, dirs, origins, offsets, beam, t.astype(np.float64), which, prim, normal)
+    material = _cast_porous(rays, scenes, poro_t, cfg.max_range, rng)
+    label = _attr(rays, scenes, "labels")
+    instance = _attr(rays, scenes, "instances")
+    cos_inc = np.abs((rays.normal * dirs).sum(1))
     refl = refl_t[material].astype(np.float64)
     if marking is not None:
-        road = hit & (label == 40)
-        if road.any():
-            xy = origins[road, :2] + dirs[road, :2] * total[road, None]
-            on = marking(xy)
-            ridx = np.flatnonzero(road)[on]
-            label[ridx] = 60
-            refl[ridx] = refl_t[MATERIAL_ID["paint"]]
+        _paint_markings(rays, label, refl, marking, refl_t[MATERIAL_ID["paint"]])
+    keep = _returns(rays, refl, cos_inc, cfg, draw, rng)
+    n = len(local)
+    r = np.where(rays.hit, rays.total, np.inf)
 
-    # --- returns and dropout -----------------------------------------------------------------
-    r = np.where(hit, rng_total, np.inf)
-    signal = refl * np.maximum(cos_inc, 0.3) / np.maximum(r / 20.0, 1.0) ** 2
-    weak = rng.random(n) < np.exp(-signal / 0.012)
-    keep = hit & (r <= cfg.max_range) & (r >= cfg.min_range) & ~weak
-    keep &= rng.random(n) >= cfg.drop_prob
-    for box in cfg.ego_boxes:
-        keep &= ~_ego_hit(local, box)
-
-    # --- range noise and multipath ----------------------------------------------------------
-    noise = rng.normal(0.0, 1.0, n) * (cfg.range_noise + rough_t[material])
+    # --- range noise (white + fixed per laser) and multipath -------------------------------
+    bias, gain = cfg.beam_calibration()
+    noise = rng.normal(0.0, 1.0, n) * (cfg.range_noise * draw.noise + rough_t[material])
     noise += rng.exponential(1.0, n) * depth_t[material]  # echoes from inside foliage
-    r_noisy = r + noise
+    r_noisy = r + noise + bias[beam]
     ground = np.isin(label, (40, 44, 48, 49, 72, 60))
     multipath = keep & ground & (rng.random(n) < cfg.multipath_prob)
     r_noisy[multipath] *= rng.uniform(1.3, 4.0, int(multipath.sum()))
@@ -247,13 +403,7 @@ def simulate_scan(
     far = rng.random(n) < np.clip((r - 45.0) / 70.0, 0.0, 0.45)
     label[far & ~multipath] = 0
     instance[far] = 0
-
-    # --- remission ------------------------------------------------------------------------
-    rem = refl * (0.75 + 0.25 * cos_inc) * rng.lognormal(0.0, 0.22, n)
-    rem += rng.normal(0.0, 0.02, n)
-    rem[multipath] *= 0.3
-    rem[(rem < 0.07) | (rng.random(n) < 0.05)] = 0.0
-    rem = np.clip(rem, 0.0, 1.0)
+    rem = _remission(refl, cos_inc, gain[beam], multipath, draw, rng)
 
     idx = np.flatnonzero(keep)
     xyz = offsets[idx] + local[idx] * r_noisy[idx, None]
@@ -266,3 +416,14 @@ def simulate_scan(
         label[idx].astype(np.uint32),
         instance[idx].astype(np.uint32),
     )
+
+
+def _paint_markings(rays: _Rays, label, refl, marking, paint_refl: float) -> None:
+    """Road hits (label 40) on painted markings become lane-marking (60) with paint's
+    reflectivity; ``label`` and ``refl`` (R,) are changed in place."""
+    road = rays.hit & (label == 40)
+    if road.any():
+        xy = rays.origins[road, :2] + rays.dirs[road, :2] * rays.total[road, None]
+        ridx = np.flatnonzero(road)[marking(xy)]
+        label[ridx] = 60
+        refl[ridx] = paint_refl

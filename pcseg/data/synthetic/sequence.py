@@ -10,7 +10,9 @@ the first frame's camera frame (3x4 row-major), so ``Tr^-1 @ pose_i @ Tr`` is th
 motion from frame 0 to frame i, exactly as semantic-kitti-api composes them.
 
 Randomness: the scene comes from ``default_rng([seed, sequence, 0])`` and each frame's sensor
-noise from ``default_rng([seed, sequence, 1, frame])``: sequences and frames are independent,
+noise from ``default_rng([seed, sequence, 1, frame])``, the sequence's domain-randomisation draw
+(sensor height, tilt, calibration; see :class:`~.sensor.Randomization`) from
+``default_rng([seed, sequence, 2])``: sequences and frames are independent,
 so any process can generate any part in any order and get identical bytes.
 """
 
@@ -23,7 +25,13 @@ import numpy as np
 from pcseg.data.io import write_labels, write_scan
 from pcseg.data.synthetic.ground import lane_marking
 from pcseg.data.synthetic.scene import FRAME_DT, LAYOUTS, Scene, build_scene
-from pcseg.data.synthetic.sensor import LidarConfig, Scan, raycasting_scene, simulate_scan
+from pcseg.data.synthetic.sensor import (
+    LidarConfig,
+    Scan,
+    SensorDraw,
+    raycasting_scene,
+    simulate_scan,
+)
 
 #: velodyne -> left camera (rotation to camera axes and KITTI's ~0.27 m lever arm)
 TR_VELO_TO_CAM = np.array(
@@ -84,13 +92,15 @@ def simulate_sequence(
     frame_ids: list[int] | None = None,
 ):
     """Yield ``(frame, Scan, velodyne pose (4, 4))`` for the frames of a sequence."""
+    cfg = config or LidarConfig()
     scene = scene_for(sequence, frames, seed)
     static = (raycasting_scene(scene.static), scene.static)
     marking = _marking_fn(scene)
+    draw = SensorDraw.sample(cfg.randomize, cfg.n_beams, np.random.default_rng([seed, sequence, 2]))
     for f in frame_ids if frame_ids is not None else range(frames):
         rng = np.random.default_rng([seed, sequence, 1, f])
-        pose = scene.ego_pose(f)
-        scan = simulate_scan(static, scene.dynamic(f), pose, rng, config, marking)
+        pose = draw.apply_to_pose(scene.ego_pose(f, cfg.mount_height))
+        scan = simulate_scan(static, scene.dynamic(f), pose, rng, cfg, marking, draw)
         yield f, scan, pose
 
 
