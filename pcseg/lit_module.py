@@ -69,6 +69,8 @@ class SegmentationModule(pl.LightningModule):
         log_images: validation scans rendered to bird's-eye-view images per epoch.
         compile: ``torch.compile`` the network's plain-PyTorch parts (stem, head, and the
             kernel MLPs on the CUDA path; see :func:`pcseg.nn.continuous_conv.compile_network`).
+
+    Defaults are ``configs/model/pccn.yaml``'s.
     """
 
     def __init__(
@@ -77,9 +79,9 @@ class SegmentationModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         label_config: str | None = None,
-        class_weights: str | None = None,
-        class_weight_power: float = 0.5,
-        lovasz_weight: float = 0.0,
+        class_weights: str | None = "train",
+        class_weight_power: float = 0.25,
+        lovasz_weight: float = 1.0,
         log_images: int = 2,
         compile: bool = False,
     ) -> None:
@@ -168,12 +170,14 @@ class SegmentationModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=batch.num_clouds, sync_dist=True)
         return pred
 
-    def validation_step(self, batch: PointBatch, batch_idx: int) -> None:
+    def validation_step(self, batch: PointBatch, batch_idx: int) -> torch.Tensor | None:
+        """Returns the predicted training ids (N,) for callbacks (TensorBoard3D)."""
         if batch.num_clouds == 0:
-            return  # every scan of the batch was bad (data.on_bad_scan=skip)
+            return None  # every scan of the batch was bad (data.on_bad_scan=skip)
         pred = self._eval_step(batch, self.val_iou, "val")
         if batch_idx * batch.num_clouds < self.hparams.log_images:
             self._log_bev(batch, pred, batch_idx)
+        return pred
 
     def test_step(self, batch: PointBatch, batch_idx: int) -> None:
         if batch.num_clouds == 0:

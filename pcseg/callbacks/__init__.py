@@ -1,5 +1,8 @@
 """Lightning callbacks of pcseg (configured in configs/callbacks/)."""
 
 from pcseg.callbacks.bad_scans import BadScanLogger
+from pcseg.callbacks.epoch_log import EpochLog, TerminalRichProgressBar
+from pcseg.callbacks.tensorboard_3d import TensorBoard3D
+from pcseg.callbacks.time_budget import TimeBudget
 
-__all__ = ["BadScanLogger"]
+__all__ = ["BadScanLogger", "EpochLog", "TensorBoard3D", "TerminalRichProgressBar", "TimeBudget"]
