@@ -52,10 +52,14 @@ def _file_handlers() -> list[logging.Handler]:
 
 
 def _console_handlers() -> list[logging.Handler]:
+    """The root logger's handlers that write to stdout or stderr (Hydra's console handler)."""
+    consoles = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
     return [
         h
         for h in logging.getLogger().handlers
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+        and id(getattr(h, "stream", None)) in consoles
     ]
 
 
