@@ -17,16 +17,13 @@ _DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": 
 
 def _signature(fn: Any, dtype: str, meta: dict[str, Any]) -> dict[str, str]:
     """Triton type strings for ``fn``'s arguments: data pointers in ``dtype``, idx int64,
-    grad_feat in the accumulation dtype, sizes int32, block sizes and flags constexpr."""
-    acc = "fp64" if dtype == "fp64" else "fp32"
+    sizes int32, block sizes and flags constexpr."""
     sig = {}
     for name in fn.arg_names:
         if name in meta:
             sig[name] = "constexpr"
         elif name == "idx_ptr":
             sig[name] = "*i64"
-        elif name == "grad_feat_ptr":
-            sig[name] = f"*{acc}"
         elif name.endswith("_ptr"):
             sig[name] = f"*{dtype}"
         else:
@@ -35,7 +32,8 @@ def _signature(fn: Any, dtype: str, meta: dict[str, Any]) -> dict[str, str]:
 
 
 def compile_all(arch: int = 90, dtypes: tuple[str, ...] = ("fp32",)) -> list[str]:
-    """Compile the four kernels (both flag settings of each backward) for ``sm_<arch>``.
+    """Compile the three kernels (one and two hidden layers, both backward modes) for
+    ``sm_<arch>`` at the shipped widths (kernel_hidden [16] and [16, 32], 64 channels).
 
     Returns one line per compiled kernel; raises the compiler's error on the first failure.
     """
@@ -44,7 +42,7 @@ def compile_all(arch: int = 90, dtypes: tuple[str, ...] = ("fp32",)) -> list[str
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import _triton_utils, mul_reduce, outer_reduce
+    from . import _triton_utils, conv
 
     if _triton_utils.INTERPRETED:
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter compiles nothing")
@@ -52,20 +50,17 @@ def compile_all(arch: int = 90, dtypes: tuple[str, ...] = ("fp32",)) -> list[str
     jobs = []
     for dtype in dtypes:
         acc = tl.float64 if dtype == "fp64" else tl.float32
-        outer = {"BLOCK_M": 8, "BLOCK_C": 64, "BLOCK_H": 32, "ACC": acc}
-        mul = {"BLOCK_M": 32, "BLOCK_C": 64, "ACC": acc}
-        jobs += [(outer_reduce._outer_fwd_kernel, dtype, outer)]
-        jobs += [(mul_reduce._mul_fwd_kernel, dtype, mul)]
-        for a, b in ((True, True), (True, False), (False, True)):
-            jobs += [
-                (outer_reduce._outer_bwd_kernel, dtype, {**outer, "NEED_PHI": a, "NEED_FEAT": b})
-            ]
-            jobs += [(mul_reduce._mul_bwd_kernel, dtype, {**mul, "NEED_G": a, "NEED_FEAT": b})]
+        for depth, block_ha, block_h in ((1, 16, 16), (2, 16, 32)):
+            base = {"BLOCK_M": 16, "BLOCK_C": 32, "BLOCK_HA": block_ha, "BLOCK_H": block_h}
+            base |= {"DEPTH": depth, "ACC": acc}
+            jobs += [(conv._outer_fwd_kernel, dtype, base), (conv._mul_fwd_kernel, dtype, base)]
+            for separable in (False, True):
+                jobs += [(conv._conv_bwd_kernel, dtype, {**base, "SEPARABLE": separable})]
     lines = []
     for fn, dtype, meta in jobs:
         src = ASTSource(fn=fn, signature=_signature(fn, dtype, meta), constexprs=meta)
         compiled = triton.compile(src, target=target)
-        flags = {k: v for k, v in meta.items() if k.startswith("NEED")}
+        flags = {k: v for k, v in meta.items() if k in ("DEPTH", "SEPARABLE")}
         lines.append(
             f"ok sm_{arch} {fn.__name__} {dtype} {flags} cubin={len(compiled.asm['cubin'])}B"
         )
