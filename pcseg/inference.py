@@ -92,7 +92,7 @@ class CloudPredictor:
         tta: int = 1,
         tta_seed: int = 0,
         max_points: int | None = None,
-        tile_size: float = 50.0,
+        tile_size: float = 100.0,
         tile_overlap: float = 10.0,
     ) -> None:
         if tta < 1:

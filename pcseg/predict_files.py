@@ -232,7 +232,7 @@ def _predictor(cfg: DictConfig) -> tuple[CloudPredictor, LoadedRun]:
         tta=int(cfg.get("tta", 1)),
         tta_seed=int(cfg.get("tta_seed", 0)),
         max_points=tiles.get("max_points"),
-        tile_size=float(tiles.get("size", 50.0)),
+        tile_size=float(tiles.get("size", 100.0)),
         tile_overlap=float(tiles.get("overlap", 10.0)),
     )
     log.info("checkpoint %s on %s", run.path, predictor.device)
