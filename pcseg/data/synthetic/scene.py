@@ -33,7 +33,7 @@ from pcseg.data.synthetic.ground import (
     GroundRaster,
     paint_street,
 )
-from pcseg.data.synthetic.layout import LAYOUTS, LayoutError, layout_params
+from pcseg.data.synthetic.layout import LAYOUTS, LayoutError, LayoutParams, layout_params
 from pcseg.data.synthetic.mesh import Mesh, MeshBuilder
 from pcseg.data.synthetic.populate import Populator
 from pcseg.data.synthetic.streets import HeightField, Street, centerline
@@ -115,18 +115,41 @@ class Scene:
 
 
 def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
-    """Generate a scene for ``frames`` frames of ego motion. Deterministic given ``rng``."""
+    """Generate a scene for ``frames`` frames of ego motion. Deterministic given ``rng``.
+
+    Steps (in this order, which fixes how ``rng`` is consumed): :func:`_main_street`,
+    :func:`_cross_streets`, :func:`_empty_scene` (ego lane, ground raster, relief, mount),
+    :func:`_populate` (ground bands, lots, furniture, traffic), :func:`_plant_median`, then the
+    ground raster becomes the last part of the static mesh.
+    """
     if frames < 1:
         raise LayoutError(f"frames must be >= 1, got {frames}")
     prm = layout_params(layout, rng)
     ego_step = rng.uniform(0.6, 1.3)
     travel = ego_step * (frames - 1)
+    main, bend, front, back = _main_street(rng, layout, prm, travel)
+    streets, tees = _cross_streets(rng, layout, main, travel, bend, front, back)
+    scene, ego_lane = _empty_scene(rng, layout, prm, streets, travel, ego_step)
+    mb = MeshBuilder()
+    pop = Populator(rng, scene, mb, prm)
+    _populate(pop, scene, prm, tees, travel, ego_lane)
+    _plant_median(pop, main)
+    scene.raster.add_to(mb, scene.height)
+    scene.static = mb.build()
+    return scene
+
+
+def _main_street(
+    rng: np.random.Generator, layout: str, prm: LayoutParams, travel: float
+) -> tuple[Street, float | None, float, float]:
+    """The main street along the ego path: straight, or bent for ``curve``; T-junctions close
+    the view at one or both ends (buildings 35-65 m away, as in real towns). Returns the street,
+    the bend's arc length (None), and the arc lengths of its front and back ends."""
     bend = None
     angle = 0.0
     if layout == "curve":
         bend = rng.uniform(-5, travel * 0.5 + 5)
         angle = rng.choice([-1, 1]) * rng.uniform(np.radians(35), np.radians(90))
-    # T-junctions close the view at one or both ends (buildings 35-65 m away, as in real towns)
     front = travel + 130.0
     back = -130.0
     if layout != "curve" and rng.random() < 0.7:
@@ -148,9 +171,22 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         green_median=rng.random() < 0.8,
         edge_lines=rng.random() < 0.5,
     )
-    streets = [main]
-    # crossing streets (perpendicular, on the straight part before a bend); tee: which side of
-    # a T-junction's cross street faces away from the main street (-1: none, else 0 or 1)
+    return main, bend, front, back
+
+
+def _cross_streets(
+    rng: np.random.Generator,
+    layout: str,
+    main: Street,
+    travel: float,
+    bend: float | None,
+    front: float,
+    back: float,
+) -> tuple[list[Street], list[int]]:
+    """Crossing streets (perpendicular, on the straight part before a bend): one the ego
+    drives through or one further away, and the T-junctions at the ends. Returns all streets
+    (main first) and, per street, which side of a T-junction's cross street faces away from
+    the main street (-1: none, else 0 or 1)."""
     crossings: list[tuple[float, int]] = []
     if layout != "curve" and rng.random() < 0.45:  # the ego drives through this one
         crossings.append((rng.uniform(0.3, 0.7) * travel + 8, -1))
@@ -160,45 +196,60 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         crossings.append((front, 1))
     if back > -100:
         crossings.append((back, 0))
-    tees: list[int] = [-1]
+    streets, tees = [main], [-1]
     for sc, tee in crossings:
         if bend is not None and sc > bend - 20:
             continue
         if tee < 0 and any(abs(sc - o) < 25 for o, t in crossings if t >= 0):
             continue
-        (cx, cy), hy = main.xy_at(sc, 0.0)
-        lanes = 1 if rng.random() < 0.7 else 2
-        sw = rng.uniform(2.5, 4.5)
-        cs, cxy, ch = centerline((cx, cy), hy + np.pi / 2, -130, 130)
-        cross = Street(
-            cs,
-            cxy,
-            ch,
-            lanes,
-            rng.uniform(3.0, 3.4),
-            0.0,
-            (0.0, 0.0),
-            (0.0, 0.0),
-            (sw, sw),
-            (rng.uniform(0, 2),) * 2,
-        )
-        half = cross.half_road + sw
-        main.gaps.append((sc - half, sc + half))
-        cross.gaps.append(
-            (
-                -max(main.frontage(0), main.frontage(1)) - 1,
-                max(main.frontage(0), main.frontage(1)) + 1,
-            )
-        )
-        streets.append(cross)
+        streets.append(_cross_street(rng, main, sc))
         tees.append(tee)
-    ego_lane = int(rng.integers(prm.lanes))  # on multi-lane roads, any lane of its direction
+    return streets, tees
+
+
+def _cross_street(rng: np.random.Generator, main: Street, sc: float) -> Street:
+    """A street crossing ``main`` at arc length ``sc``; both get the gap of the crossing."""
+    (cx, cy), hy = main.xy_at(sc, 0.0)
+    lanes = 1 if rng.random() < 0.7 else 2
+    sw = rng.uniform(2.5, 4.5)
+    cs, cxy, ch = centerline((cx, cy), hy + np.pi / 2, -130, 130)
+    cross = Street(
+        cs,
+        cxy,
+        ch,
+        lanes,
+        rng.uniform(3.0, 3.4),
+        0.0,
+        (0.0, 0.0),
+        (0.0, 0.0),
+        (sw, sw),
+        (rng.uniform(0, 2),) * 2,
+    )
+    half = cross.half_road + sw
+    main.gaps.append((sc - half, sc + half))
+    reach = max(main.frontage(0), main.frontage(1)) + 1
+    cross.gaps.append((-reach, reach))
+    return cross
+
+
+def _empty_scene(
+    rng: np.random.Generator,
+    layout: str,
+    prm: LayoutParams,
+    streets: list[Street],
+    travel: float,
+    ego_step: float,
+) -> tuple[Scene, int]:
+    """The scene before anything is placed: ego lane (any lane of its direction on
+    multi-lane roads), the ground raster around the ego path, relief and sensor mount.
+    Returns the scene and the ego's lane index."""
+    main = streets[0]
+    ego_lane = int(rng.integers(prm.lanes))
     ego_d = -(prm.median + (ego_lane + 0.5) * prm.lane_w)
     path, _ = main.xy_at(np.linspace(0, travel, 16), ego_d)
     lo, hi = path.min(0) - SCENE_MARGIN, path.max(0) + SCENE_MARGIN
     height = HeightField.random(rng, prm.relief * 2.0)
     raster = GroundRaster.empty(lo, hi, BASE_GRASS if rng.random() < 0.85 else BASE_OTHER)
-    centers = raster.centers()
     mount = tuple(np.clip(rng.normal(0.0, np.radians(1.0), 2), -0.035, 0.035))
     scene = Scene(
         layout,
@@ -214,11 +265,22 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         int(rng.integers(2**31)),
         (lo, hi),
     )
-    mb = MeshBuilder()
-    pop = Populator(rng, scene, mb, prm)
+    return scene, ego_lane
+
+
+def _populate(
+    pop: Populator, scene: Scene, prm: LayoutParams, tees: list[int], travel: float, ego_lane: int
+) -> None:
+    """Paint every street's ground bands, then along each street side the lots and curbside
+    furniture (on crossing streets only beyond the main street's frontage, except on the far
+    side of a T-junction), the traffic and the pedestrians; last the backdrop behind the main
+    street's frontage."""
+    streets = scene.streets
+    main = streets[0]
+    centers = scene.raster.centers()
     for st in streets:
         yard = prm.yard if st is main else (YARD_PAVED, YARD_PAVED)
-        pop.cells[id(st)] = paint_street(raster, st, yard, centers)
+        pop.cells[id(st)] = paint_street(scene.raster, st, yard, centers)
     for k, st in enumerate(streets):
         s_from, s_to = float(st.s[0]) + 2, float(st.s[-1]) - 2
         for side in (0, 1):
@@ -238,19 +300,22 @@ def build_scene(rng: np.random.Generator, layout: str, frames: int) -> Scene:
         pop.traffic(k, st, travel, ego_lane if k == 0 else None, reach)
         pop.vulnerable(k, st, travel, ego_lane if k == 0 else None, reach)
     pop.backdrop(main, float(main.s[0]) + 2, float(main.s[-1]) - 2)
-    if main.median > 0 and main.green_median:  # trees and bushes on a planted median
-        s = float(main.s[0]) + rng.uniform(2, 10)
-        while s < main.s[-1] - 2:
-            p = pop.pose(main, s, rng.normal(0, 0.3))
-            if p is not None and not main.in_gap(s, 3.0):
-                r = rng.random()
-                if r < 0.5:
-                    obj.tree(mb, p, rng)
-                elif r < 0.8:
-                    obj.hedge(mb, p, rng.uniform(3, 8), rng)
-                else:
-                    obj.bush(mb, p, rng)
-            s += rng.uniform(7, 14)
-    raster.add_to(mb, height)
-    scene.static = mb.build()
-    return scene
+
+
+def _plant_median(pop: Populator, main: Street) -> None:
+    """Trees, hedges and bushes every 7-14 m on a planted median."""
+    if not (main.median > 0 and main.green_median):
+        return
+    rng, mb = pop.rng, pop.mb
+    s = float(main.s[0]) + rng.uniform(2, 10)
+    while s < main.s[-1] - 2:
+        p = pop.pose(main, s, rng.normal(0, 0.3))
+        if p is not None and not main.in_gap(s, 3.0):
+            r = rng.random()
+            if r < 0.5:
+                obj.tree(mb, p, rng)
+            elif r < 0.8:
+                obj.hedge(mb, p, rng.uniform(3, 8), rng)
+            else:
+                obj.bush(mb, p, rng)
+        s += rng.uniform(7, 14)
