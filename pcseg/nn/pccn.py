@@ -1,10 +1,17 @@
-"""The segmentation network of Wang et al. (CVPR 2018): deep continuous-conv residual blocks.
+"""The segmentation networks: Wang et al.'s PCCN (CVPR 2018) and an encoder-decoder built from it.
 
-Input features are lifted by a linear layer; a stack of residual blocks (continuous conv,
-BatchNorm, ReLU, skip) runs over the K-nearest-neighbour window of every point, with the
-neighbours searched ONCE per forward pass and shared by all layers; the outputs of all blocks
-are concatenated with a max-pooled feature of each cloud (the global context the paper adds)
-and classified point by point.
+:class:`PCCN` (``model=pccn``, the paper's network): input features are lifted by a linear
+layer; a stack of residual blocks (continuous conv, BatchNorm, ReLU, skip) runs over the
+K-nearest-neighbour window of every point, with the neighbours searched ONCE per forward pass
+and shared by all layers; the outputs of all blocks are concatenated with a max-pooled feature
+of each cloud (the global context the paper adds) and classified point by point.
+
+:class:`PCCNEncoderDecoder` (``model=pccn_unet``, the default; ``model=unet``): the same fine
+blocks, then coarser levels (a strided subset or a grid of growing cells) joined by continuous
+convs, for a receptive field of tens of metres on full scans.
+
+Every BatchNorm here is :class:`BatchNorm1d`, which also trains on a single row (a one-point
+cloud, or a coarse level that kept one point).
 """
 
 from __future__ import annotations
@@ -18,6 +25,26 @@ from pcseg.nn.continuous_conv import ContinuousConv
 from pcseg.ops import knn
 from pcseg.structures import PointBatch, offset_to_batch, offset_to_starts
 
+SUBSAMPLING = ("stride", "grid")
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` that also trains on a single row: (N, C) -> (N, C).
+
+    Batch statistics of one row are undefined (torch raises "Expected more than 1 value per
+    channel when training"), and a one-point scan, or a coarse level that kept one point, must
+    not stop a run. Such a call normalises with the running statistics, as evaluation does, and
+    leaves them unchanged; weight and bias still get gradients. Any other input is
+    ``torch.nn.BatchNorm1d``'s, to the bit. Same parameters and buffers, so same checkpoints.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1 and self.running_mean is not None:
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
 
 class ResidualContinuousBlock(nn.Module):
     """h -> h + ReLU(BN(ContinuousConv(h))), same width in and out.
@@ -25,18 +52,12 @@ class ResidualContinuousBlock(nn.Module):
     The residual path lets 8+ layers train from scratch, as in the paper.
     """
 
-    def __init__(
-        self, channels: int, kernel_hidden: Sequence[int], kernel: str, normalize: bool = True
-    ) -> None:
+    def __init__(self, channels: int, kernel_hidden: Sequence[int], kernel: str) -> None:
         super().__init__()
         self.conv = ContinuousConv(
-            channels,
-            channels,
-            kernel_hidden=tuple(kernel_hidden),
-            kernel=kernel,
-            normalize=normalize,
+            channels, channels, kernel_hidden=tuple(kernel_hidden), kernel=kernel
         )
-        self.norm = nn.BatchNorm1d(channels)
+        self.norm = BatchNorm1d(channels)
 
     def forward(self, feat: torch.Tensor, coord: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """feat (N, C), coord (N, 3) scaled positions, idx (N, K) -> (N, C)."""
@@ -86,7 +107,7 @@ class ContextHead(nn.Module):
         if not hidden:
             raise ValueError("the classifier head needs at least one hidden layer (head_hidden)")
         self.point = nn.Linear(point_channels, hidden[0], bias=False)
-        self.norm = nn.BatchNorm1d(hidden[0])
+        self.norm = BatchNorm1d(hidden[0])
         # LayerNorm works per cloud (any batch size) and keeps the max-pooled magnitudes in
         # range; the projection starts at zero so the context joins in gradually.
         self.context_norm = nn.LayerNorm(context_channels)
@@ -96,7 +117,7 @@ class ContextHead(nn.Module):
         layers: list[nn.Module] = [nn.ReLU()]
         prev = hidden[0]
         for h in hidden[1:]:
-            layers += [nn.Linear(prev, h, bias=False), nn.BatchNorm1d(h), nn.ReLU()]
+            layers += [nn.Linear(prev, h, bias=False), BatchNorm1d(h), nn.ReLU()]
             prev = h
         layers += [nn.Dropout(dropout), nn.Linear(prev, num_classes)]
         self.rest = nn.Sequential(*layers)
@@ -118,7 +139,8 @@ class PCCN(nn.Module):
         in_channels: input feature width C_in (see ``pcseg.data.features``).
         num_classes: logits per point (20 for SemanticKITTI, class 0 ignored by the loss).
         width: channels of every continuous-conv layer.
-        depth: number of residual continuous-conv blocks (the paper uses 8).
+        depth: number of residual continuous-conv blocks (the paper uses 8:
+            ``experiment=pccn_kitti``).
         k: neighbours per point (the KNN locality window).
         kernel: "full" (an MLP emits a C x C matrix per neighbour, evaluated factorised) or
             "separable" (MLP emits C values, one shared C x C matrix; cheaper).
@@ -127,6 +149,8 @@ class PCCN(nn.Module):
             inputs whatever the voxel size.
         head_hidden: widths of the point-wise classifier MLP.
         dropout: dropout before the last classifier layer.
+
+    Defaults are ``configs/model/pccn.yaml``'s (sized for 2 CPU cores).
     """
 
     def __init__(
@@ -134,12 +158,12 @@ class PCCN(nn.Module):
         in_channels: int,
         num_classes: int,
         width: int = 32,
-        depth: int = 8,
-        k: int = 16,
+        depth: int = 6,
+        k: int = 12,
         kernel: str = "separable",
-        kernel_hidden: Sequence[int] = (16, 32),
+        kernel_hidden: Sequence[int] = (16,),
         kernel_scale: float = 1.0,
-        head_hidden: Sequence[int] = (128, 64),
+        head_hidden: Sequence[int] = (64,),
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -147,9 +171,9 @@ class PCCN(nn.Module):
             raise ValueError(f"depth, k and width must be >= 1, got {depth}, {k}, {width}")
         self.k = k
         self.kernel_scale = float(kernel_scale)
-        self.input_norm = nn.BatchNorm1d(in_channels)
+        self.input_norm = BatchNorm1d(in_channels)
         self.stem = nn.Sequential(
-            nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()
+            nn.Linear(in_channels, width, bias=False), BatchNorm1d(width), nn.ReLU()
         )
         self.blocks = nn.ModuleList(
             ResidualContinuousBlock(width, kernel_hidden, kernel) for _ in range(depth)
@@ -193,22 +217,66 @@ def strided_subsample(offset: torch.Tensor, stride: int) -> tuple[torch.Tensor, 
     return torch.cat(rows).to(offset.device), torch.cumsum(lengths, 0).to(offset.device)
 
 
+def grid_subsample(
+    coord: torch.Tensor, offset: torch.Tensor, cell: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One point per occupied ``cell``-metre grid cell of each cloud (the first in storage order).
+
+    coord (N, 3), offset (B,) -> (rows (M,) int64 into coord, ordered cloud by cloud;
+    coarse offset (B,) int64). Cells never span two clouds and are anchored at each cloud's
+    own minimum corner, so a cloud is subsampled the same whatever else is in the batch. A grid
+    keeps the subset spatially even whatever the point order, unlike a stride.
+    """
+    n = coord.shape[0]
+    if n == 0:
+        return coord.new_zeros(0, dtype=torch.int64), offset.clone()
+    batch = offset_to_batch(offset)
+    lo = coord.new_full((offset.shape[0], 3), float("inf"))
+    lo = lo.scatter_reduce(0, batch[:, None].expand(-1, 3), coord, reduce="amin")
+    q = torch.floor((coord - lo[batch]) / cell).to(torch.int64)  # cells anchored per cloud
+    dims = q.amax(0) + 1
+    key = ((batch * dims[0] + q[:, 0]) * dims[1] + q[:, 1]) * dims[2] + q[:, 2]
+    uniq, inverse = torch.unique(key, return_inverse=True)  # sorted: clouds stay in order
+    rows = torch.full((uniq.shape[0],), n, dtype=torch.int64, device=coord.device)
+    rows = rows.scatter_reduce(
+        0, inverse, torch.arange(n, device=coord.device), reduce="amin", include_self=True
+    )
+    counts = torch.bincount(batch[rows], minlength=offset.shape[0])
+    return rows, torch.cumsum(counts, 0)
+
+
 class PCCNEncoderDecoder(PCCN):
     """PCCN with coarser levels for a larger receptive field on full scans.
 
     Fine blocks run on every point; a continuous conv carries features from the fine points to
-    a strided subset (queries differ from supports, which the layer allows), more blocks run
+    a coarser subset (queries differ from supports, which the layer allows), more blocks run
     there with a wider neighbourhood in metres, and a last continuous conv brings them back to
-    every fine point. The head sees fine features, decoded coarse features and the global max.
-    With ``levels`` > 1 the same step repeats on ever coarser subsets (each ``stride`` times
-    sparser); decoding adds each level's up-sampled output to the level above it. Coarse levels
-    hold few points, so each extra level costs little and widens the view by several metres:
-    what tells a parking lane from the road, or a median from a sidewalk.
+    every fine point. The head sees every fine block's output, the decoded coarse features and
+    the per-cloud max of the coarsest level. With ``levels`` > 1 the same step repeats on ever
+    coarser subsets; decoding adds each level's up-sampled output to the encoder output of the
+    level above it. Coarse levels hold few points, so each extra level costs little and widens
+    the view by several metres: what tells a parking lane from the road, or a median from a
+    sidewalk. All levels have ``width`` channels.
 
-    Args (beyond :class:`PCCN`'s): ``coarse_depth`` blocks at each coarse level, ``stride``
-    (1 coarse point per ``stride`` points of the level above), ``levels`` coarse levels;
-    ``depth`` counts the fine blocks. Level l's offsets are divided by
-    ``kernel_scale * 2**(l-1)``, so the kernel MLPs see O(1) inputs at every level.
+    How a level is subsampled from the one above:
+
+    - ``subsample="stride"`` (``model=pccn_unet``): every ``stride``-th point of each cloud.
+      Voxelised clouds are stored in voxel-key order, so this is a spatially even subset, and
+      the cheapest one.
+    - ``subsample="grid"`` (``model=unet``): one point per occupied grid cell of each cloud, the
+      cell ``cell * 2**(l-1)`` metres at level l (0.6, 1.2, 2.4 m for ``cell=0.6``): even
+      whatever the point order.
+
+    Args (beyond :class:`PCCN`'s; ``depth`` counts the fine blocks):
+        coarse_depth: residual blocks at each coarse level.
+        levels: number of coarse levels (>= 1).
+        subsample: "stride" or "grid", see above.
+        stride: 1 coarse point per ``stride`` points of the level above ("stride" only; None
+            with "grid").
+        cell: grid cell of level 1 in metres ("grid" only; None with "stride").
+
+    Level l's offsets are divided by ``kernel_scale * 2**(l-1)``, so the kernel MLPs see O(1)
+    inputs at every level. Defaults are ``configs/model/pccn_unet.yaml``'s.
     """
 
     def __init__(
@@ -216,17 +284,21 @@ class PCCNEncoderDecoder(PCCN):
         in_channels: int,
         num_classes: int,
         width: int = 32,
-        depth: int = 3,
+        depth: int = 2,
         coarse_depth: int = 3,
-        stride: int = 4,
-        k: int = 16,
+        levels: int = 3,
+        subsample: str = "stride",
+        stride: int | None = 4,
+        cell: float | None = None,
+        k: int = 12,
         kernel: str = "separable",
-        kernel_hidden: Sequence[int] = (16, 32),
+        kernel_hidden: Sequence[int] = (16,),
         kernel_scale: float = 1.0,
-        head_hidden: Sequence[int] = (128, 64),
+        head_hidden: Sequence[int] = (64,),
         dropout: float = 0.1,
-        levels: int = 1,
     ) -> None:
+        # PCCN builds its own head first (replaced below): it keeps the random initialisation,
+        # so a seeded run starts from the same weights as before the networks were merged
         super().__init__(
             in_channels,
             num_classes,
@@ -239,9 +311,9 @@ class PCCNEncoderDecoder(PCCN):
             head_hidden=head_hidden,
             dropout=dropout,
         )
-        if levels < 1 or stride < 2:
-            raise ValueError(f"levels must be >= 1 and stride >= 2, got {levels}, {stride}")
-        self.stride, self.levels = stride, levels
+        check_subsampling(levels, subsample, stride, cell)
+        self.levels, self.subsample = levels, subsample
+        self.stride, self.cell = stride, cell
         hidden = tuple(kernel_hidden)
 
         def conv() -> ContinuousConv:
@@ -256,11 +328,11 @@ class PCCNEncoderDecoder(PCCN):
         self.down = conv()
         self.coarse_blocks = blocks()
         self.up = conv()
-        self.up_norm = nn.BatchNorm1d(width)
+        self.up_norm = BatchNorm1d(width)
         self.deep_down = nn.ModuleList(conv() for _ in range(levels - 1))
         self.deep_blocks = nn.ModuleList(blocks() for _ in range(levels - 1))
         self.deep_up = nn.ModuleList(conv() for _ in range(levels - 1))
-        self.deep_up_norm = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(levels - 1))
+        self.deep_up_norm = nn.ModuleList(BatchNorm1d(width) for _ in range(levels - 1))
         self.head = ContextHead(width * depth + width, width, head_hidden, num_classes, dropout)
 
     def _stage(self, level: int) -> tuple[ContinuousConv, nn.ModuleList, ContinuousConv, nn.Module]:
@@ -270,17 +342,27 @@ class PCCNEncoderDecoder(PCCN):
         i = level - 2
         return self.deep_down[i], self.deep_blocks[i], self.deep_up[i], self.deep_up_norm[i]
 
+    def coarser(
+        self, xyz: torch.Tensor, offset: torch.Tensor, level: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points of coarse ``level`` from those of the level above: xyz (N, 3), offset (B,)
+        -> (xyz (M, 3), offset (B,)); every non-empty cloud keeps at least one point."""
+        if self.subsample == "stride":
+            rows, c_offset = strided_subsample(offset, self.stride)
+        else:
+            rows, c_offset = grid_subsample(xyz, offset, self.cell * 2.0 ** (level - 1))
+        return xyz[rows], c_offset
+
     def forward(self, batch: PointBatch) -> torch.Tensor:
         """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
         _, outputs = self.encode_fine(batch)
         h = outputs[-1]
         points = [(batch.coord, batch.offset)]  # (xyz, offset) of level 0 (fine) .. L
         skips: list[torch.Tensor] = []  # encoder output of levels 1 .. L
-        # encoder: level l-1 -> level l (strided subset of the level above), blocks there
+        # encoder: level l-1 -> level l (a subset of the level above), blocks there
         for level in range(1, self.levels + 1):
             xyz, offset = points[-1]
-            rows, c_offset = strided_subsample(offset, self.stride)
-            c_xyz = xyz[rows]
+            c_xyz, c_offset = self.coarser(xyz, offset, level)
             scale = self.kernel_scale * 2.0 ** (level - 1)
             down, blocks, _, _ = self._stage(level)
             down_idx = knn(c_xyz, xyz, self.k, c_offset, offset).idx
@@ -302,3 +384,21 @@ class PCCNEncoderDecoder(PCCN):
             if level > 1:
                 h = skips[level - 2] + h
         return self.head(torch.cat([*outputs, h], dim=1), pooled, batch.offset)
+
+
+def check_subsampling(levels: int, subsample: str, stride: int | None, cell: float | None) -> None:
+    """ValueError unless the coarse levels are described by exactly one of ``stride`` / ``cell``,
+    matching ``subsample`` (so no configured value is silently ignored)."""
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    if subsample not in SUBSAMPLING:
+        raise ValueError(f"subsample must be one of {SUBSAMPLING}, got {subsample!r}")
+    if subsample == "stride" and (stride is None or stride < 2 or cell is not None):
+        raise ValueError(
+            f"subsample='stride' needs stride >= 2 and cell=None, got stride={stride}, cell={cell}"
+        )
+    if subsample == "grid" and (cell is None or not cell > 0 or stride is not None):
+        raise ValueError(
+            f"subsample='grid' needs cell > 0 (metres) and stride=None, got cell={cell}, "
+            f"stride={stride}"
+        )
