@@ -10,12 +10,14 @@ backend        where / why
                120k scan on 2 cores (``scripts/bench_knn.py``), OpenMP-parallel queries.
 ``open3d``     CPU: ``open3d.ml.torch.ops.knn_search`` (one batched call, nanoflann);
                CUDA: ``open3d.core.nns`` when the CUDA ``open3d`` wheel is installed.
-``bruteforce`` any device: exact tiled search in PyTorch; the reference for the tests and
-               the CUDA fallback (memory bounded by query chunks).
+``grid``       any device: exact search on a uniform grid in PyTorch (27 cells around each
+               query, coarser grids where that cannot certify the answer); CUDA's default
+               when Open3D has no CUDA build. O(N) memory, no N x N distance matrix.
+``bruteforce`` any device: exact tiled search in PyTorch; the reference for the tests.
 =============  ==========================================================================
 
-``auto`` (or ``None``): CPU -> pykdtree, else open3d, else bruteforce; CUDA -> open3d (CUDA
-build) else bruteforce.
+``auto`` (or ``None``): CPU -> pykdtree, else open3d, else grid; CUDA -> open3d (CUDA build)
+else grid.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import torch
 
 from pcseg.ops import _knn_open3d, _knn_pykdtree
 from pcseg.ops._knn_bruteforce import knn_bruteforce
+from pcseg.ops._knn_grid import knn_grid
 
 BackendFn = Callable[
     [torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor],
     tuple[torch.Tensor, torch.Tensor],
 ]
 
-BACKENDS = ("bruteforce", "open3d", "pykdtree")
+BACKENDS = ("bruteforce", "grid", "open3d", "pykdtree")
 
 
 class KNNResult(NamedTuple):
@@ -47,7 +50,7 @@ class KNNResult(NamedTuple):
 
 
 def _backend_available(name: str, device: torch.device) -> bool:
-    if name == "bruteforce":
+    if name in ("bruteforce", "grid"):
         return True
     if name == "open3d":
         return _knn_open3d.is_available(device)
@@ -70,7 +73,7 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
         for name in preference:
             if _backend_available(name, device):
                 return name
-        return "bruteforce"
+        return "grid"
     if not _backend_available(backend, device):
         raise RuntimeError(
             f"KNN backend {backend!r} is not available for {device.type} tensors here "
@@ -82,6 +85,7 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
 def _backend_fn(name: str) -> BackendFn:
     return {
         "bruteforce": knn_bruteforce,
+        "grid": knn_grid,
         "open3d": _knn_open3d.knn_open3d,
         "pykdtree": _knn_pykdtree.knn_pykdtree,
     }[name]
@@ -173,8 +177,8 @@ def knn(
         :mod:`pcseg.structures`), both given with the same B or both None (one cloud). Query
         cloud b searches support cloud b only; empty clouds are allowed. They may live on the
         CPU or on the points' device.
-    backend: None / "auto" (by device, see the module docstring), "bruteforce", "open3d",
-        "pykdtree".
+    backend: None / "auto" (by device, see the module docstring), "bruteforce", "grid",
+        "open3d", "pykdtree".
 
     Returns ``KNNResult(idx, dist2)``:
         idx: (M, k) int64 GLOBAL support rows; -1 where the cloud has fewer than k points.

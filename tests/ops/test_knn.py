@@ -14,12 +14,13 @@ import torch
 
 import pcseg.ops
 from pcseg.data.io import read_scan
-from pcseg.ops import _knn_bruteforce
+from pcseg.ops import _knn_bruteforce, _knn_grid
 from pcseg.ops.knn import KNNResult, available_backends, knn, resolve_backend
 from pcseg.structures import lengths_to_offset, offset_to_starts
 
 CPU_BACKENDS = available_backends("cpu")
 CUDA = torch.cuda.is_available()
+EXACT = ("bruteforce", "grid")  # canonical ties: (dist2, index), like the naive reference
 
 
 def naive_knn(
@@ -130,7 +131,7 @@ def test_ragged_batch_matches_naive(backend: str) -> None:
     query, q_off = ragged([25, 5, 4, 30, 2], seed=1)
     res = knn(query, support, 8, q_off, s_off, backend=backend)
     assert isinstance(res, KNNResult)
-    check_against_naive(res, query, support, 8, q_off, s_off, exact_ties=backend == "bruteforce")
+    check_against_naive(res, query, support, 8, q_off, s_off, exact_ties=backend in EXACT)
     assert (res.idx[30:34] == -1).all(), "queries of the empty cloud must be all padding"
 
 
@@ -144,7 +145,7 @@ def test_no_neighbour_crosses_a_cloud(backend: str) -> None:
     off = torch.tensor([40, 80])
     res = knn(pts, pts, 5, off, off, backend=backend)
     assert (res.idx[:40] < 40).all() and (res.idx[40:] >= 40).all()
-    check_against_naive(res, pts, pts, 5, off, off, exact_ties=backend == "bruteforce")
+    check_against_naive(res, pts, pts, 5, off, off, exact_ties=backend in EXACT)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -158,7 +159,7 @@ def test_queries_differ_from_support(backend: str) -> None:
     query = support[keep] + 0.01
     q_off = lengths_to_offset((lengths + 2) // 3)
     res = knn(query, support, 6, q_off, s_off, backend=backend)
-    check_against_naive(res, query, support, 6, q_off, s_off, exact_ties=backend == "bruteforce")
+    check_against_naive(res, query, support, 6, q_off, s_off, exact_ties=backend in EXACT)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -184,7 +185,7 @@ def test_float64_and_single_cloud(backend: str) -> None:
     res = knn(query, support, 4, backend=backend)
     assert res.dist2.dtype == torch.float64
     m, n = torch.tensor([50]), torch.tensor([300])
-    check_against_naive(res, query, support, 4, m, n, exact_ties=backend == "bruteforce")
+    check_against_naive(res, query, support, 4, m, n, exact_ties=backend in EXACT)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -195,7 +196,7 @@ def test_strided_input_as_read_from_a_scan(backend: str) -> None:
     assert not xyz.is_contiguous()
     res = knn(xyz, xyz, 5, backend=backend)
     one = torch.tensor([150])
-    check_against_naive(res, xyz, xyz, 5, one, one, exact_ties=backend == "bruteforce")
+    check_against_naive(res, xyz, xyz, 5, one, one, exact_ties=backend in EXACT)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -211,7 +212,7 @@ def test_k_one_and_empty_inputs(backend: str) -> None:
     # A batch whose query cloud is empty while its support cloud is not.
     q_off, s_off = torch.tensor([0, 20]), torch.tensor([30, 50])
     res = knn(pts[30:], pts, 4, q_off, s_off, backend=backend)
-    check_against_naive(res, pts[30:], pts, 4, q_off, s_off, exact_ties=backend == "bruteforce")
+    check_against_naive(res, pts[30:], pts, 4, q_off, s_off, exact_ties=backend in EXACT)
 
 
 @pytest.mark.skipif("open3d" not in CPU_BACKENDS, reason="open3d is not installed")
@@ -232,6 +233,25 @@ def test_bruteforce_tiles_match_one_tile(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(_knn_bruteforce, "_CPU_TILE", 200 * 7)  # 7 queries per tile
     tiled = knn(pts, pts, 7, off, off, backend="bruteforce")
     assert torch.equal(whole.idx, tiled.idx) and torch.equal(whole.dist2, tiled.dist2)
+
+
+@pytest.mark.parametrize(("rounds", "budget"), [(4, 1 << 22), (1, 1000), (0, 1 << 22)])
+def test_grid_coarsens_and_falls_back_exactly(monkeypatch, rounds, budget) -> None:
+    """A dense cluster beside sparse far points: the first grid (cell ~ the cluster's k-th
+    distance) cannot certify the far points, so they go to coarser grids or, with fewer
+    rounds, to the brute force; small budgets split the candidates into several chunks."""
+    gen = torch.Generator().manual_seed(3)
+    dense = torch.rand(400, 3, generator=gen)
+    sparse = torch.rand(40, 3, generator=gen) * 200 + 50
+    pts = torch.cat([dense, sparse])
+    pts[5] = pts[4]  # a duplicate: a tie at distance 0
+    off = torch.tensor([len(pts)])
+    monkeypatch.setattr(_knn_grid, "ROUNDS", rounds)
+    monkeypatch.setitem(_knn_grid._BUDGET, "cpu", budget)
+    query = torch.cat([pts[::3], torch.tensor([[1000.0, 0.0, 0.0], [-5.0, 0.5, 0.5]])])
+    q_off = torch.tensor([len(query)])
+    res = knn(query, pts, 9, q_off, off, backend="grid")
+    check_against_naive(res, query, pts, 9, q_off, off, exact_ties=True)
 
 
 def test_backends_agree_on_a_real_scan(real_root) -> None:
