@@ -15,7 +15,12 @@ from pcseg.data.features import feature_channels
 from pcseg.data.labels import LabelMap, load_label_map
 from pcseg.data.samplers import evaluation_sampler
 from pcseg.data.semantickitti import SemanticKITTIDataset
-from pcseg.data.validation import DEFAULT_MIN_POINTS, check_policy
+from pcseg.data.validation import (
+    DEFAULT_MIN_POINTS,
+    DEFAULT_MIN_VOXELS,
+    check_policy,
+    check_voxel_size,
+)
 
 #: Where the embedded synthetic dataset lives when ``root`` is not given.
 DEFAULT_SYNTHETIC_ROOT = PROJECT_ROOT / "data" / "synthetic_kitti"
@@ -33,8 +38,9 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
             None takes the label yaml's official split.
         label_config: path of the label yaml (None: SemanticKITTI's).
         generate: build the synthetic dataset into ``root`` if it is absent.
-        voxel_size: metres, None for full resolution.
-        augment: training-only transform ``f(coord, rng) -> coord`` (see transforms.py).
+        voxel_size: metres, > 0, or None for full resolution (0 or less: ValueError).
+        augment: training-only transform, a ``Compose`` of transforms.py (geometry and
+            remission dropout) or a plain ``f(coord, rng) -> coord``.
         features: input feature names (see features.py).
         test_requires_labels: the official test split ships no labels; set True to demand them.
         on_bad_scan: ``skip`` (default): a bad scan (corrupt, NaN/inf, too few points, label
@@ -42,6 +48,11 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
             by :class:`~pcseg.callbacks.BadScanLogger`, so one bad file never kills a long run;
             ``raise``: stop with the error naming the file (what evaluate.py uses).
         min_points: fewest points a scan file may have (counted before voxelisation).
+        min_voxels: fewest voxels (distinct positions without voxelisation) a scan may have;
+            fewer is a bad scan (``scan_degenerate``: skipped in training, an error in
+            evaluation).
+        knn_k: the model's neighbour count K (the configs pass ``model.net.k``); ValueError
+            when ``min_voxels`` is below it. None: not checked.
         sensor: the simulated LiDAR when ``generate`` (a preset of configs/sensors such as
             ``vlp16``, or a sensor YAML path; None: HDL-64E). With ``root`` None the dataset
             lives in a root named after the sensor, so datasets never mix.
@@ -65,6 +76,8 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         on_bad_scan: str = "skip",
         min_points: int = DEFAULT_MIN_POINTS,
         sensor: str | None = None,
+        min_voxels: int = DEFAULT_MIN_VOXELS,
+        knn_k: int | None = None,
     ) -> None:
         super().__init__()
         self.sensor = sensor
@@ -82,7 +95,7 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
-        self.voxel_size = voxel_size
+        self.voxel_size = check_voxel_size(voxel_size)
         self.augment = augment
         self.features = tuple(features)
         self.pin_memory = pin_memory
@@ -90,6 +103,12 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         self.test_requires_labels = test_requires_labels
         self.on_bad_scan = check_policy(on_bad_scan)
         self.min_points = min_points
+        if knn_k is not None and min_voxels < knn_k:
+            raise ValueError(
+                f"data.min_voxels={min_voxels} is below the model's k={knn_k}: a scan with "
+                "fewer voxels than k cannot fill a neighbour window; raise data.min_voxels"
+            )
+        self.min_voxels = min_voxels
         self.datasets: dict[str, SemanticKITTIDataset] = {}
 
     @property
@@ -128,6 +147,7 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
                 require_labels=key != "test" or self.test_requires_labels,
                 on_bad_scan=self.on_bad_scan,
                 min_points=self.min_points,
+                min_voxels=self.min_voxels,
             )
         return self.datasets[key]
 

@@ -2,6 +2,13 @@
 
 The paper feeds (x, y, z, remission, range); the data config lists the names, so a model's
 input width is ``feature_channels(names)`` and adding a feature touches only this module.
+
+Scans without intensity: many ``.pcd``/``.ply`` files carry none (the reader then gives zeros)
+and some sensors write a constant. :func:`remission_missing` detects such a scan; the dataset
+warns once per file and feeds it remission :data:`REMISSION_FREE_VALUE` everywhere, which is
+exactly what :class:`~pcseg.data.transforms.RandomRemissionDrop` feeds the network in
+training, so a remission-free scan at inference is a case the model has seen. A model that
+should never depend on intensity: ``data.features=[height,range]`` (geometry only).
 """
 
 from __future__ import annotations
@@ -11,6 +18,15 @@ from collections.abc import Sequence
 import numpy as np
 
 FEATURE_CHANNELS = {"xyz": 3, "remission": 1, "range": 1, "height": 1}
+#: Remission of every point of a scan without intensity, in training (remission dropout) and
+#: at inference alike.
+REMISSION_FREE_VALUE = 0.0
+
+
+def remission_missing(remission: np.ndarray) -> bool:
+    """True when a scan's remission (P,) carries no information: absent (read as zeros) or the
+    same value at every point. A real sensor's intensity always varies across a scan."""
+    return remission.size == 0 or bool(remission.min() == remission.max())
 
 
 def feature_channels(names: Sequence[str]) -> int:

@@ -6,14 +6,19 @@ scan is read and checked (:mod:`pcseg.data.validation`), its raw labels remapped
 label yaml, optionally voxelised (keeping the index back to every original point), augmented
 (training only), and turned into features.
 
-A bad scan (corrupt, truncated, NaN/inf, too few points, label file missing, mismatched or with
-unknown ids) raises its :class:`~pcseg.data.errors.DatasetFileError` under
+A scan without intensity (remission absent or constant) is warned about once per file
+(:class:`RemissionMissingWarning`) and fed remission 0, what training's
+:class:`~pcseg.data.transforms.RandomRemissionDrop` feeds (see :mod:`pcseg.data.features`).
+
+A bad scan (corrupt, truncated, NaN/inf, too few points, too few distinct positions or voxels
+for the network's K neighbours, label file missing, mismatched or with unknown ids) raises its :class:`~pcseg.data.errors.DatasetFileError` under
 ``on_bad_scan="raise"``; under ``"skip"`` the item is a marker
 (:func:`~pcseg.data.collate.skipped_item`) that the collate leaves out of the batch and records.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +30,27 @@ from torch.utils.data import Dataset
 
 from pcseg.data.collate import skipped_item
 from pcseg.data.errors import DatasetFileError, LabelFormatError
-from pcseg.data.features import compute_features, feature_channels
+from pcseg.data.features import (
+    REMISSION_FREE_VALUE,
+    compute_features,
+    feature_channels,
+    remission_missing,
+)
 from pcseg.data.io import SCAN_SUFFIXES
 from pcseg.data.labels import LabelMap, load_label_map
-from pcseg.data.validation import Problem, ScanData, check_policy, load_scan
+from pcseg.data.validation import (
+    Problem,
+    ScanData,
+    check_policy,
+    check_positions,
+    check_voxel_size,
+    load_scan,
+)
 from pcseg.data.voxelize import majority_label, scatter_mean, voxelize
+
+
+class RemissionMissingWarning(UserWarning):
+    """A scan's remission channel is absent or constant: the model runs on geometry only."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,12 @@ def index_scans(
         velodyne = seq_dir / name / "velodyne"
         if not velodyne.is_dir():
             present = sorted(p.name for p in seq_dir.iterdir() if p.is_dir())
+            if (seq_dir / name).is_dir():
+                raise DatasetFileError(
+                    velodyne,
+                    f"sequence {name} has no velodyne/ folder (it holds: "
+                    f"{', '.join(sorted(p.name for p in (seq_dir / name).iterdir())) or 'nothing'})",
+                )
             raise DatasetFileError(
                 velodyne, f"sequence {name} is missing (present: {', '.join(present) or 'none'})"
             )
@@ -106,8 +133,11 @@ class SemanticKITTIDataset(Dataset):
         root: dataset root.
         sequences: sequence ids to include.
         label_map: lookup tables (default: configs/labels/semantic-kitti.yaml).
-        voxel_size: metres; None keeps every point (inverse is then the identity).
-        augment: ``f(coord, rng) -> coord`` applied after voxelisation (training only).
+        voxel_size: metres, > 0; None keeps every point (inverse is then the identity). 0 or
+            less is refused (ValueError): it used to mean full resolution by accident.
+        augment: applied after voxelisation (training only): an object with
+            ``scan(coord, remission, rng) -> (coord, remission)`` (``Compose``) or a plain
+            ``f(coord, rng) -> coord``.
         features: feature names, see :mod:`pcseg.data.features`.
         require_labels: every scan must have a label file (train/val).
         on_bad_scan: ``"raise"`` the scan's :class:`DatasetFileError` (a missing label file
@@ -116,6 +146,9 @@ class SemanticKITTIDataset(Dataset):
         min_points: scans with fewer points in the file (before voxelisation) are bad; the
             class only rejects empty scans by default, the DataModule (``data.min_points``)
             asks for :data:`~pcseg.data.validation.DEFAULT_MIN_POINTS`.
+        min_voxels: scans with fewer voxels (at ``voxel_size``; distinct positions without
+            voxelisation) are bad (``scan_degenerate``): the network's K-neighbour windows and
+            coarse levels need that many (the DataModule checks it is at least the model's k).
     """
 
     def __init__(
@@ -129,19 +162,29 @@ class SemanticKITTIDataset(Dataset):
         require_labels: bool = True,
         on_bad_scan: str = "raise",
         min_points: int = 1,
+        min_voxels: int = 1,
     ) -> None:
         self.root = Path(root)
         self.label_map = label_map or load_label_map()
-        self.voxel_size = voxel_size
+        self.voxel_size = check_voxel_size(voxel_size)
         self.augment = augment
         self.features = tuple(features)
         self.on_bad_scan = check_policy(on_bad_scan)
         if min_points < 0:
             raise ValueError(f"min_points must be >= 0, got {min_points}")
         self.min_points = min_points
+        if min_voxels < 0:
+            raise ValueError(f"min_voxels must be >= 0, got {min_voxels}")
+        self.min_voxels = min_voxels
         self.records = index_scans(
             self.root, sequences, require_labels, defer_missing_labels=on_bad_scan == "skip"
         )
+        # One flag per scan in shared memory: DataLoader workers (forked or spawned, persistent
+        # or re-created every epoch) see the same flags, so a scan without intensity is warned
+        # about once per run (per process group rank), not once per epoch and worker.
+        self._remission_warned = torch.zeros(len(self.records), dtype=torch.uint8)
+        if len(self.records):
+            self._remission_warned.share_memory_()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -150,20 +193,47 @@ class SemanticKITTIDataset(Dataset):
         rec = self.records[i]
         try:
             scan = load_scan(rec.scan_path, rec.label_path, self.label_map, self.min_points)
+            return self._item(i, rec, scan)
         except DatasetFileError as e:
             if self.on_bad_scan == "raise":
                 raise
             return skipped_item(
                 rec.scan_path, Problem.from_error(e), feature_channels(self.features)
             )
-        return self._item(rec, scan)
 
-    def _item(self, rec: ScanRecord, scan: ScanData) -> dict[str, Any]:
-        """Voxelise, augment and featurise a checked scan into the item described above."""
-        xyz, remission, label = scan.xyz, scan.remission, scan.label
+    def _remission(self, i: int, rec: ScanRecord, remission: np.ndarray) -> np.ndarray:
+        """remission (P,) as fed to the network: a scan without intensity gets
+        REMISSION_FREE_VALUE everywhere, and a warning the first time it is read."""
+        if "remission" not in self.features or not remission_missing(remission):
+            return remission
+        if not self._remission_warned[i]:
+            self._remission_warned[i] = 1
+            what = "absent (all 0)" if not remission.any() else f"constant ({remission[0]:g})"
+            warnings.warn(
+                RemissionMissingWarning(
+                    f"{rec.scan_path}: remission is {what} at all {remission.size} points: "
+                    "this scan has no intensity, so the model sees geometry only (remission "
+                    f"{REMISSION_FREE_VALUE:g}, as for the scans training drops it from); "
+                    "expect lower accuracy than with intensity. A geometry-only model: "
+                    "data.features=[height,range]"
+                ),
+                stacklevel=2,
+            )
+        return np.full_like(remission, REMISSION_FREE_VALUE, dtype=np.float32)
+
+    def _item(self, i: int, rec: ScanRecord, scan: ScanData) -> dict[str, Any]:
+        """Voxelise, check, augment and featurise a loaded scan into the item described above.
+
+        Raises :class:`~pcseg.data.errors.ScanFormatError` (``degenerate``) when the scan has
+        fewer than ``min_voxels`` voxels or distinct positions.
+        """
+        xyz, label = scan.xyz, scan.label
+        no_remission = "remission" in self.features and remission_missing(scan.remission)
+        remission = self._remission(i, rec, scan.remission)
 
         if self.voxel_size:
             vox = voxelize(xyz, self.voxel_size)
+            check_positions(rec.scan_path, xyz, self.voxel_size, self.min_voxels, len(vox.counts))
             coord, inverse = vox.coord, vox.inverse
             remission = scatter_mean(remission, inverse, vox.counts).astype(np.float32)
             if label is not None:
@@ -175,12 +245,16 @@ class SemanticKITTIDataset(Dataset):
                     self.label_map.ignore_index,
                 )
         else:
+            check_positions(rec.scan_path, xyz, None, self.min_voxels)
             coord, inverse = xyz, np.arange(xyz.shape[0], dtype=np.int64)
 
         if self.augment is not None:
             # torch seeds each worker (and seed_everything(workers=True) makes it reproducible).
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-            coord = self.augment(coord, rng)
+            if hasattr(self.augment, "scan"):
+                coord, remission = self.augment.scan(coord, remission, rng)
+            else:
+                coord = self.augment(coord, rng)
 
         item: dict[str, Any] = {
             "coord": torch.from_numpy(np.ascontiguousarray(coord, dtype=np.float32)),
@@ -192,6 +266,7 @@ class SemanticKITTIDataset(Dataset):
                 "scan_path": str(rec.scan_path),
                 "label_path": str(rec.label_path) if rec.label_path else None,
                 "num_points": int(xyz.shape[0]),
+                "remission_missing": no_remission,
             },
         }
         if label is not None:

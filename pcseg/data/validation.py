@@ -11,6 +11,9 @@ What is checked (each a :class:`Problem` kind, ``<scan|labels>_<what>``):
   Open3D cannot parse, or coordinates beyond :data:`MAX_ABS_COORDINATE` (garbage bytes);
 - ``scan_empty``: no points; ``scan_too_few_points``: fewer than ``min_points`` points;
 - ``scan_non_finite``: NaN/inf coordinates or remission;
+- ``scan_degenerate``: fewer than ``min_voxels`` voxels at the voxel size (distinct positions
+  without voxelisation), e.g. 2,000 copies of one point or 150 points inside a 1 m cube at
+  0.3 m voxels: too few for the network's K-neighbour windows and coarse levels;
 - ``labels_missing``: the scan needs labels (train/val) but has no ``.label`` file;
 - ``labels_unreadable``, ``labels_corrupt`` (size not a multiple of 4 bytes);
 - ``labels_count_mismatch``: a label count different from the scan's point count;
@@ -30,11 +33,16 @@ import numpy as np
 from pcseg.data.errors import DatasetFileError, LabelFormatError, ScanFormatError
 from pcseg.data.io import read_labels, read_scan
 from pcseg.data.labels import LabelMap
+from pcseg.data.voxelize import voxelize
 
 #: ``data.on_bad_scan`` values: stop at the first bad scan, or leave it out and go on.
 BAD_SCAN_POLICIES = ("raise", "skip")
 #: Default ``data.min_points``: a real scan has ~120k points; a few dozen means a sensor fault.
 DEFAULT_MIN_POINTS = 100
+#: Default ``data.min_voxels``: a real scan has ~25k voxels at 0.3 m; the network needs at least
+#: its k (12 in the shipped configs, 16 in the paper's) and its coarse levels 1/4, 1/16, 1/64
+#: of them, so 100 leaves every level a few points.
+DEFAULT_MIN_VOXELS = 100
 #: |coordinate| in metres beyond which a scan is corrupt: a LiDAR scan in its sensor frame spans
 #: a few hundred metres, float32 garbage is often ~1e30, and voxel keys would overflow.
 MAX_ABS_COORDINATE = 1e5
@@ -85,6 +93,56 @@ def check_policy(on_bad_scan: str) -> str:
             f"on_bad_scan must be one of {', '.join(BAD_SCAN_POLICIES)}, got {on_bad_scan!r}"
         )
     return on_bad_scan
+
+
+def check_voxel_size(voxel_size: float | None) -> float | None:
+    """``voxel_size`` in metres if it is > 0 or None (no voxelisation: every point is kept);
+    ValueError otherwise (0 used to mean full resolution silently)."""
+    if voxel_size is None:
+        return None
+    if not voxel_size > 0:  # also NaN
+        raise ValueError(
+            f"data.voxel_size must be > 0 metres, got {voxel_size}; "
+            "use data.voxel_size=null to keep every point (no voxelisation)"
+        )
+    return float(voxel_size)
+
+
+def count_positions(xyz: np.ndarray, voxel_size: float | None) -> int:
+    """Number of occupied voxels of xyz (P, 3) at ``voxel_size`` (None: distinct positions)."""
+    if voxel_size is None:
+        return int(np.unique(np.ascontiguousarray(xyz, dtype=np.float32), axis=0).shape[0])
+    return len(voxelize(xyz, voxel_size).counts)  # the dataset's voxels, so both agree
+
+
+def check_positions(
+    path: str | Path,
+    xyz: np.ndarray,
+    voxel_size: float | None,
+    min_voxels: int,
+    count: int | None = None,
+) -> None:
+    """Raise :class:`ScanFormatError` (``degenerate``) naming ``path`` when xyz (P, 3) has fewer
+    than ``min_voxels`` voxels at ``voxel_size`` (None: distinct positions).
+
+    ``count``: the voxel count if the caller has it (the dataset voxelises anyway).
+    """
+    if min_voxels <= 1:
+        return
+    if count is None:
+        count = count_positions(xyz, voxel_size)
+    if count < min_voxels:
+        unit = (
+            f"voxels at data.voxel_size={voxel_size:g} m"
+            if voxel_size is not None
+            else "distinct positions"
+        )
+        raise ScanFormatError(
+            path,
+            f"degenerate scan: {xyz.shape[0]} points in only {count} {unit}, fewer than "
+            f"min_voxels={min_voxels} (the network needs at least its k neighbours per point)",
+            kind="degenerate",
+        )
 
 
 def read_checked_scan(path: str | Path, min_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +207,12 @@ def check_scan(
     label_path: str | Path | None,
     label_map: LabelMap,
     min_points: int = DEFAULT_MIN_POINTS,
+    voxel_size: float | None = None,
+    min_voxels: int = 1,
 ) -> list[Problem]:
     """Every problem of a scan and its label file (empty list: the scan is usable).
+
+    ``voxel_size``/``min_voxels``: as ``data.voxel_size``/``data.min_voxels`` (degenerate scans).
 
     Unlike :func:`load_scan` this goes on after a bad scan, so a broken label file of the
     same frame is reported too (its point count is then not compared).
@@ -158,7 +220,9 @@ def check_scan(
     problems: list[Problem] = []
     num_points = None
     try:
-        num_points = read_checked_scan(scan_path, min_points)[0].shape[0]
+        xyz = read_checked_scan(scan_path, min_points)[0]
+        num_points = xyz.shape[0]
+        check_positions(scan_path, xyz, check_voxel_size(voxel_size), min_voxels)
     except ScanFormatError as e:
         problems.append(Problem.from_error(e))
     if label_path is not None:
