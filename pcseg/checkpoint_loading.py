@@ -66,7 +66,6 @@ TRUSTED_TARGETS: frozenset[str] = frozenset(
         "pytorch_lightning.Trainer",
         "pytorch_lightning.callbacks.ModelCheckpoint",
         "pytorch_lightning.callbacks.RichModelSummary",
-        "pytorch_lightning.callbacks.RichProgressBar",
         "pytorch_lightning.loggers.TensorBoardLogger",
         "pytorch_lightning.strategies.DDPStrategy",
     }

@@ -22,9 +22,11 @@ pre-emption) continue where its last checkpoint left off:
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +88,15 @@ def safe_torch_load(path: _PATH, map_location: Any = "cpu") -> Any:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.partial`` beside the target, fsync, ``os.replace``, fsync dir.
+    """``torch.save`` to ``.<name>.<host>.<pid>.partial`` beside the target, fsync,
+    ``os.replace``, fsync dir.
 
     Wherever the process dies (an exception while pickling, a full disk, SIGKILL) the target
     holds a complete checkpoint, the old one or the new one; the fsyncs before and after the
-    rename extend that to a power cut. The partial file has a fixed name per target, so one
-    left behind by a kill is overwritten by the next save. Remote paths (``s3://`` ...) go
-    through Lightning's own transactional save.
+    rename extend that to a power cut. The partial file is named per process, so two writers
+    (which the run-folder lock, :mod:`pcseg.run_lock`, already keeps apart) can never write into
+    one another's bytes; partials left by killed processes of this host are removed by the next
+    save. Remote paths (``s3://`` ...) go through Lightning's own transactional save.
     """
 
     def save_checkpoint(
@@ -133,7 +137,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     previous content then.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    host = socket.gethostname().replace("/", "_")
+    partial = path.with_name(f".{path.name}.{host}.{os.getpid()}.partial")
+    _remove_dead_partials(path, host)
     try:
         with open(partial, "wb") as f:
             torch.save(obj, f)
@@ -144,6 +150,22 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         partial.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _remove_dead_partials(path: Path, host: str) -> None:
+    """Delete ``.<name>.<host>.<pid>.partial`` files of ``path`` whose process (on this host)
+    is gone: what a SIGKILL mid-save leaves behind."""
+    prefix = f".{path.name}.{host}."
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.partial"):
+        pid = stale.name[len(prefix) : -len(".partial")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _fsync_dir(folder: Path) -> None:

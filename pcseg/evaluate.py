@@ -6,6 +6,7 @@ The checkpoint is read and its model and data rebuilt by :mod:`pcseg.checkpoint_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -24,8 +25,9 @@ from pcseg.checkpoint_loading import (
     load_checkpoint,
 )
 from pcseg.data.io import read_labels
+from pcseg.export import SubmissionExport
 from pcseg.metrics import SemanticKITTIIoU, iou_table, metrics_to_dict, save_confusion_png
-from pcseg.predict import full_resolution_predictions, verify_submission, write_submission
+from pcseg.predict import full_resolution_predictions, write_submission
 from pcseg.tta import tta_logits
 
 log = logging.getLogger(__name__)
@@ -128,23 +130,46 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_dir = Path(cfg.export_dir) if cfg.get("export") else None
-    result, skipped = score_split(
-        model,
-        datamodule,
-        split,
-        device,
-        export_dir,
-        tta=int(cfg.get("tta", 1)),
-        tta_seed=int(cfg.get("tta_seed", 0)),
-    )
+    # predictions go to a fresh staging folder; export_dir is replaced only when it is whole
+    export = SubmissionExport(cfg.export_dir) if cfg.get("export") else None
+    with export or contextlib.nullcontext():
+        result, skipped = score_split(
+            model,
+            datamodule,
+            split,
+            device,
+            export.staging if export else None,
+            tta=int(cfg.get("tta", 1)),
+            tta_seed=int(cfg.get("tta_seed", 0)),
+        )
+        metrics = _report(result, skipped, names, split, run.path, out_dir)
+        if export is not None:
+            summary = export.publish(
+                datamodule.root,
+                datamodule.sequences(split),
+                model.label_map,
+                skipped,
+                allow_skipped=bool(cfg.get("export_allow_skipped")),
+            )
+            Console().print(f"submission written and verified: {export.target} ({summary})")
+    return metrics
 
+
+def _report(
+    result: Any | None,
+    skipped: list[dict[str, str]],
+    names: list[str],
+    split: str,
+    ckpt: Path,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Print the skipped scans and the IoU table; write metrics.json and confusion.png."""
     console = Console()
     for r in skipped:
         console.print(f"[yellow]skipped (data.on_bad_scan=skip):[/] {r['path']}: {r['reason']}")
     metrics: dict[str, Any] = {}
     if result is not None:
-        console.print(iou_table(result, names, title=f"{split}: {run.path}"))
+        console.print(iou_table(result, names, title=f"{split}: {ckpt}"))
         metrics = metrics_to_dict(result, names)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         save_confusion_png(result.confusion, names, out_dir / "confusion.png")
@@ -153,7 +178,4 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     else:
         console.print(f"split '{split}' has no labels: no metrics computed")
-    if export_dir is not None:
-        summary = verify_submission(export_dir, datamodule.root, datamodule.sequences(split))
-        console.print(f"submission written and verified: {export_dir} ({summary})")
     return metrics

@@ -16,7 +16,7 @@ point count, only ids the benchmark knows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -186,11 +186,13 @@ class SubmissionError(ValueError):
 
 
 class SubmissionSummary(NamedTuple):
-    """A verified submission: how many files and points, for which sequences."""
+    """A verified submission: how many files and points, for which sequences; the scans
+    allowed to have no prediction (skipped under ``data.on_bad_scan=skip``)."""
 
     num_files: int
     num_points: int
     sequences: tuple[str, ...]
+    skipped: tuple[str, ...] = ()
 
 
 def _header_count(path: Path, key: bytes, end: bytes) -> int | None:
@@ -238,6 +240,7 @@ def verify_submission(
     sequences: Sequence[int | str],
     label_map: LabelMap | None = None,
     check_ids: bool = True,
+    skipped: Collection[str | Path] = (),
 ) -> SubmissionSummary:
     """Check a submission tree against the scans it should cover.
 
@@ -246,6 +249,9 @@ def verify_submission(
     nothing else may sit in those prediction folders; with ``check_ids`` every semantic id (low
     16 bits) must be a ``learning_map_inv`` target. Raises :class:`SubmissionError` listing the
     offending paths (first few of each kind, with totals); returns a summary on success.
+    ``skipped``: scan paths that may lack a prediction (scans a run skipped and was allowed to
+    leave out); they are listed in the summary. Verification checks a tree, not who wrote it:
+    :class:`pcseg.export.SubmissionExport` makes every file come from one run.
     """
     from pcseg.data.labels import load_label_map
     from pcseg.data.semantickitti import index_scans
@@ -272,8 +278,12 @@ def verify_submission(
                 if p not in expected:
                     extra.append((p, "no scan with this name in the dataset"))
 
+    allowed_missing = {Path(p).resolve() for p in skipped}
     num_points = 0
+    num_files = 0
     for pred_path, scan_path in expected.items():
+        if not pred_path.is_file() and Path(scan_path).resolve() in allowed_missing:
+            continue
         if not pred_path.is_file():
             missing.append((pred_path, f"no prediction for scan {scan_path}"))
             continue
@@ -283,6 +293,7 @@ def verify_submission(
             wrong.append((pred_path, f"{size / 4:g} labels but the scan has {n_scan} points"))
             continue
         num_points += n_scan
+        num_files += 1
         if check_ids:
             semantic = np.fromfile(pred_path, dtype=np.uint32) & 0xFFFF
             bad = ~valid[semantic]
@@ -297,4 +308,5 @@ def verify_submission(
                 )
     if missing or extra or wrong or invalid:
         raise SubmissionError(out_root, missing, extra, wrong, invalid)
-    return SubmissionSummary(len(expected), num_points, seq_names)
+    listed = tuple(sorted(str(p) for p in skipped))
+    return SubmissionSummary(num_files, num_points, seq_names, listed)

@@ -18,6 +18,8 @@ from pcseg.checkpointing import (
     run_dir_of,
     safe_torch_load,
 )
+from pcseg.finetune import init_from_checkpoint
+from pcseg.run_lock import lock_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +64,48 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(ckpt)
 
 
+def init_checkpoint(cfg: DictConfig) -> Path | None:
+    """Resolve ``cfg.init_from`` (fine-tuning: a file, a run folder or ``last``); None: off.
+
+    Raises ValueError when ``ckpt_path`` (resume) is given too: a run either continues a run
+    or starts a new one from weights, never both."""
+    value = cfg.get("init_from")
+    if value is None or str(value) == "":
+        return None
+    if cfg.get("ckpt_path") not in (None, ""):
+        raise ValueError(
+            f"init_from={value} and ckpt_path={cfg.ckpt_path} were both given: ckpt_path "
+            "resumes a run (optimiser, schedule and epoch continue), init_from starts a new run "
+            "from a checkpoint's weights. Give one of them."
+        )
+    return resolve_ckpt_path(value, runs_dir(cfg))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit ``cfg.model`` on ``cfg.data`` with ``cfg.trainer``; return the final metrics.
 
     The whole composed config is stored in every checkpoint (``pcseg_config``) so
     ``evaluate.py`` rebuilds the same data pipeline and network from the checkpoint alone.
     After fitting, the best checkpoint (by ``val/miou``) is validated and its per-class IoU
-    table printed. ``cfg.ckpt_path`` resumes: see :func:`resume_checkpoint`.
+    table printed. ``cfg.ckpt_path`` resumes: see :func:`resume_checkpoint`; ``cfg.init_from``
+    starts a new run from a checkpoint's weights (:mod:`pcseg.finetune`). The output folder is
+    locked for the process's life (:mod:`pcseg.run_lock`): a second run into it fails fast.
     ``cfg.adapt.root`` adds self-training on unlabelled real scans: see :mod:`pcseg.adapt`.
     """
     if cfg.get("adapt") is not None and cfg.adapt.get("root"):
         from pcseg.adapt import adapt  # simulated training (or adapt.from_ckpt), then real scans
 
         return adapt(cfg)
+    init_from = init_checkpoint(cfg)
     ckpt_path = resume_checkpoint(cfg)
+    lock_run_folder(cfg.paths.output_dir)  # one run per folder: a second one stops here
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if init_from is not None:  # fine-tuning: weights only (head rebuilt for a new label set)
+        init_from_checkpoint(model, init_from)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not any(isinstance(c, RandomState) for c in callbacks):

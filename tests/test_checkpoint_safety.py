@@ -200,6 +200,7 @@ def test_load_build_round_trip(toy_root, tmp_path):
     assert dm.batch_size == 1 and dm.on_bad_scan == "raise"
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_last_and_a_run_folder_and_explains_a_plain_folder(toy_root, tmp_path):
     logs = tmp_path / "eval" / "logs"
     run_dir = logs / "train" / "runs" / "2026-01-01_00-00-00"
