@@ -223,7 +223,7 @@ def test_two_processes_train_then_validate_every_scan_exactly_once(tmp_path):
     assert {"train_rank0.log", "train_rank1.log"} <= {p.name for p in run_dir.iterdir()}
     assert stdout.count("mIoU (official") == 1, stdout[-3000:]
     ckpt_path = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     # 4 scans shared by 2 processes at batch size 1: 2 optimiser steps, not 4.
     assert ckpt["global_step"] == 2
     assert ckpt["pcseg_config"]["trainer"]["devices"] == 2

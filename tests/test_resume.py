@@ -129,7 +129,9 @@ def test_ckpt_path_resolution(tmp_path):
     assert resolve_ckpt_path(None, runs) is None
     with pytest.raises(CheckpointNotFoundError, match=r"nothing\.ckpt: no such checkpoint file"):
         resolve_ckpt_path(str(tmp_path / "nothing.ckpt"), runs)
-    with pytest.raises(CheckpointNotFoundError, match="c_without_checkpoint: a folder, but not a run folder"):
+    with pytest.raises(
+        CheckpointNotFoundError, match="c_without_checkpoint: a folder, but not a run folder"
+    ):
         resolve_ckpt_path(str(runs / "c_without_checkpoint"), runs)
 
 
