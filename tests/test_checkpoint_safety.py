@@ -3,7 +3,10 @@ and the ``ckpt_path`` forms evaluate.py accepts (file, run folder, last)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +220,21 @@ def test_evaluate_accepts_last_and_a_run_folder_and_explains_a_plain_folder(toy_
     (plain / "epoch_001.ckpt").write_bytes(ckpt.read_bytes())
     with pytest.raises(CheckpointNotFoundError, match=r"it holds epoch_001\.ckpt"):
         evaluate(compose_evaluate([f"ckpt_path={plain}"], tmp_path / "eval3"))
+
+
+@pytest.mark.slow
+def test_evaluate_help_lists_only_what_evaluate_accepts(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "evaluate.py"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ckpt_path=<file.ckpt | run folder | last>" in proc.stdout
+    assert "export_allow_skipped" in proc.stdout and "trusted_targets" in proc.stdout
+    for refused in ("trainer: cpu", "gpu", "model: pccn", "Configuration groups"):
+        assert refused not in proc.stdout, refused
