@@ -6,18 +6,22 @@ KNN on CUDA, and one training step of the networks; fp32 and bf16 autocast.
     python scripts/bench_gpu.py --device cpu --tiny      # smoke test of this script on a CPU
 
 Sections (every ratio is between rows measured in this same run, on the same device):
-  conv   ContinuousConv C=64 -> 64, K=16, kernel_hidden (16, 16), kernel full and separable;
+  conv   ContinuousConv C=64 -> 64, K=16, kernel_hidden (16, 32), kernel full and separable;
          forward and forward+backward (grads of feat and every parameter); fp32 and bf16
-         autocast. Paths: triton = impl "primitives" with the Triton kernels; torch = the same
-         composition with the PyTorch twins (backend="torch"); fused = the chunked
-         autograd Function (the CPU default; on CUDA too). "x vs torch" / "x vs best" =
-         that path's time / the triton time (target: triton >= 3x faster than PyTorch).
+         autocast. Paths: triton = continuous_conv(impl="triton"), the kernel MLP evaluated
+         inside the Triton kernels; torch = the plain-PyTorch composition
+         (pcseg.ops._conv_reference.continuous_conv_composed); chunked = the chunked autograd
+         Function (the CPU backend) on CUDA. "x vs triton" = that path's time / the triton
+         time (target: triton >= 3x faster than the PyTorch composition).
   knn    k=16 on the whole cloud with every pcseg.ops.knn backend available for CUDA (and
          pykdtree on the host's CPU for comparison); target < 5 ms per scan.
   train  one training step (forward, cross-entropy, backward, AdamW) of PCCN and
          PCCNEncoderDecoder at configs/model/pccn*.yaml widths on the scan voxelised at 0.05 m;
          fp32 vs bf16 autocast; points/s. "knn cached" rows replay each neighbour table
          from a cache, i.e. the step without neighbour search.
+  kitti  the experiment=pccn_kitti network at batch 4 (four copies of the voxelised scan):
+         one fp32 training step (targets: peak <= 12 GiB, step <= 0.6 s) and full-scan
+         inference with the KNN included (target: >= 30 scans/s).
   compile (with --compile) the train section with pcseg.nn.continuous_conv.compile_network.
 
 Timing: CUDA events around each call after warm-up calls (the first call of a shape pays the
@@ -53,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from pcseg.data.features import compute_features  # noqa: E402
 from pcseg.data.io import read_scan  # noqa: E402
 from pcseg.data.voxelize import voxelize  # noqa: E402
-from pcseg.nn.continuous_conv import ContinuousConv, compile_network, set_conv_options  # noqa: E402
+from pcseg.nn.continuous_conv import ContinuousConv, compile_network  # noqa: E402
 from pcseg.ops.knn import available_backends, knn  # noqa: E402
 from pcseg.structures import PointBatch  # noqa: E402
 
@@ -154,21 +158,16 @@ def bench_conv(pts: torch.Tensor, args: argparse.Namespace, timer: Timer) -> lis
     device = pts.device
     c, k = (16, 8) if args.tiny else (64, 16)
     idx = knn(pts, pts, k).idx
-    paths = {"triton": ("primitives", "triton"), "torch": ("primitives", "torch")}
-    paths["fused"] = ("fused", "auto")
-    if not _triton_ok(device):
-        del paths["triton"]
+    paths = ["triton", "torch", "chunked"] if _triton_ok(device) else ["torch", "chunked"]
     rows = []
     for kernel in ("full", "separable"):
         torch.manual_seed(0)
-        layer = ContinuousConv(c, c, kernel_hidden=(16, 16), kernel=kernel).to(device)
+        layer = ContinuousConv(c, c, kernel_hidden=(16, 32), kernel=kernel).to(device)
         feat = torch.randn(len(pts), c, device=device, requires_grad=True)
         for precision in ("fp32", "bf16"):
             for mode in ("fwd", "fwd+bwd"):
-                for path, (impl, backend) in paths.items():
-                    set_conv_options(layer, impl=impl, backend=backend)
-
-                    fn = conv_call(layer, feat, pts, idx, precision, backward=mode != "fwd")
+                for path in paths:
+                    fn = conv_call(layer, feat, pts, idx, precision, mode != "fwd", path)
                     row = {"kernel": kernel, "precision": precision, "mode": mode, "path": path}
                     row.update(_safe(timer, fn))
                     rows.append(row)
@@ -184,14 +183,25 @@ def conv_call(
     idx: torch.Tensor,
     precision: str,
     backward: bool,
+    path: str = "triton",
 ) -> Callable[[], None]:
-    """One layer call on (feat, pts, pts, idx): forward only (no_grad), or forward + the
-    gradients of feat and every parameter for an all-ones output gradient."""
+    """One layer call on (feat, pts, pts, idx) by ``path`` ("triton", "chunked": the op's
+    backends; "torch": the plain-PyTorch composition): forward only (no_grad), or forward +
+    the gradients of feat and every parameter for an all-ones output gradient."""
+    from pcseg.ops._conv_reference import continuous_conv_composed
+
     params = list(layer.parameters())
+    layer.impl = path if path != "torch" else "auto"
+
+    def run() -> torch.Tensor:
+        if path == "torch":
+            args = (feat, pts, pts, idx, layer.kernel_mlp, layer.kernel, layer.weight)
+            return continuous_conv_composed(*args)
+        return layer(feat, pts, pts, idx)
 
     def call() -> None:
         with torch.set_grad_enabled(backward), autocast(pts.device, precision):
-            out = layer(feat, pts, pts, idx)
+            out = run()
         if backward:
             torch.autograd.grad(out, [feat, *params], torch.ones_like(out))
 
@@ -273,16 +283,73 @@ def bench_knn(pts: torch.Tensor, args: argparse.Namespace, timer: Timer) -> list
 
 
 def _net_configs() -> dict[str, dict[str, Any]]:
-    """Constructor arguments of the two networks from configs/model/pccn*.yaml."""
+    """Constructor arguments of the networks from configs/model/pccn*.yaml (those present)."""
     import yaml
 
     base = yaml.safe_load((ROOT / "configs/model/pccn.yaml").read_text())["net"]
-    unet = yaml.safe_load((ROOT / "configs/model/pccn_unet.yaml").read_text())["net"]
-    nets = {}
-    for name, node in (("PCCN", base), ("PCCNEncoderDecoder", {**base, **unet})):
-        kw = {k: v for k, v in node.items() if k not in ("_target_", "in_channels", "num_classes")}
-        nets[name] = kw
-    return nets
+    nets = {"PCCN": base}
+    unet_file = ROOT / "configs/model/pccn_unet.yaml"
+    if unet_file.is_file():
+        unet = yaml.safe_load(unet_file.read_text()).get("net", {})
+        target = str(unet.get("_target_", "pcseg.nn.pccn.PCCNEncoderDecoder"))
+        nets[target.rsplit(".", 1)[-1]] = {**base, **unet}
+    skip = ("_target_", "in_channels", "num_classes")
+    return {name: {k: v for k, v in node.items() if k not in skip} for name, node in nets.items()}
+
+
+def _kitti_net_config() -> dict[str, Any]:
+    """PCCN constructor arguments of experiment=pccn_kitti (model/pccn.yaml + its overrides)."""
+    import yaml
+
+    base = yaml.safe_load((ROOT / "configs/model/pccn.yaml").read_text())["net"]
+    exp = yaml.safe_load((ROOT / "configs/experiment/pccn_kitti.yaml").read_text())
+    node = {**base, **exp["model"]["net"]}
+    return {k: v for k, v in node.items() if k not in ("_target_", "in_channels", "num_classes")}
+
+
+def bench_kitti(
+    xyz: np.ndarray, rem: np.ndarray, args: argparse.Namespace, timer: Timer
+) -> list[dict]:
+    """experiment=pccn_kitti at batch 4: one fp32 training step and inference with KNN."""
+    from pcseg.nn import pccn
+
+    device = timer.device
+    timer = Timer(device, min(timer.repeat, 3), warmup=1)
+    vox = voxelize(xyz, 0.05)
+    rem_v = np.bincount(vox.inverse, weights=rem, minlength=len(vox.counts)) / vox.counts
+    feat_np = compute_features(vox.coord, rem_v.astype(np.float32), ["xyz", "remission", "range"])
+    n, scans = len(vox.coord), 4
+    coord = torch.from_numpy(vox.coord).to(device)
+    feat = torch.from_numpy(feat_np).to(device)
+    gen = torch.Generator().manual_seed(0)
+    batch = PointBatch(
+        coord=coord.repeat(scans, 1), feat=feat.repeat(scans, 1),
+        label=torch.randint(1, 20, (n * scans,), generator=gen).to(device),
+        offset=torch.arange(1, scans + 1, device=device) * n,
+    )  # fmt: skip
+    one = PointBatch(coord=coord, feat=feat, offset=torch.tensor([n], device=device))
+    kw = _kitti_net_config()
+    if args.tiny:
+        kw = {**kw, "width": 8, "depth": 2, "head_hidden": [16]}
+    torch.manual_seed(0)
+    net = pccn.PCCN(in_channels=feat_np.shape[1], num_classes=20, **kw).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    rows = [{"case": "train step, batch 4, fp32", "points": n * scans}]
+    rows[0].update(_safe(timer, train_step(net, opt, batch, "fp32")))
+    net.eval()
+
+    def infer() -> None:
+        with torch.no_grad():
+            net(one)
+
+    rows.append({"case": "inference, 1 scan, fp32, KNN included", "points": n})
+    rows[1].update(_safe(timer, infer))
+    if "ms" in rows[1]:
+        rows[1]["scans_per_s"] = 1e3 / rows[1]["ms"]
+    for r in rows:
+        shown = f"{r['ms']:9.1f} ms peak {r['peak_mib']:9.1f} MiB" if "ms" in r else r["error"]
+        print(f"kitti {r['case']:40s} {shown}", flush=True)
+    return rows
 
 
 class KNNCache:
@@ -380,7 +447,7 @@ def table(result: dict) -> str:
     if conv:
         lines += [
             f"ContinuousConv (C={result['conv_c']}, K={result['conv_k']}, kernel_hidden "
-            "(16, 16)); x = time / triton time",
+            "(16, 32)); x = time / triton time",
             f"{'kernel':10s} {'prec':4s} {'mode':8s} {'path':7s} {'median ms':>10s} "
             f"{'peak MiB':>9s} {'first ms':>9s} {'x':>6s}",
         ]
@@ -401,6 +468,20 @@ def table(result: dict) -> str:
         for r in result["knn"]:
             shown = f"{r['ms']:10.2f} ms" if "ms" in r else r["error"]
             lines.append(f"  {r['backend']:11s} {r['device']:5s} n={r['n']} {shown}")
+        lines.append("")
+    if result.get("kitti"):
+        lines.append(
+            "experiment=pccn_kitti (targets: step <= 0.6 s and peak <= 12 GiB fp32 at batch 4; "
+            "inference >= 30 scans/s with KNN)"
+        )
+        for r in result["kitti"]:
+            if "error" in r:
+                lines.append(f"  {r['case']:40s} {r['error']}")
+                continue
+            extra = f"  {r['scans_per_s']:.1f} scans/s" if "scans_per_s" in r else ""
+            lines.append(
+                f"  {r['case']:40s} {r['ms']:9.1f} ms  peak {r['peak_mib'] / 1024:6.2f} GiB{extra}"
+            )
         lines.append("")
     for key, title in (("train", "Training step"), ("compile", "Training step, compile_network")):
         rows = result.get(key, [])
@@ -437,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="3000 points, small widths (smoke)")
-    parser.add_argument("--sections", default="conv,knn,train")
+    parser.add_argument("--sections", default="conv,knn,kitti,train")
     parser.add_argument("--compile", action="store_true", help="add the compile section")
     parser.add_argument("--scan", default=None)
     parser.add_argument("--repeat", type=int, default=10)
@@ -476,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["knn"] = bench_knn(pts, args, timer)
             elif name == "train":
                 result["train"] = bench_train(xyz, rem, args, timer, compiled=False)
+            elif name == "kitti":
+                result["kitti"] = bench_kitti(xyz, rem, args, timer)
             elif name == "compile":
                 result["compile"] = bench_train(xyz, rem, args, timer, compiled=True)
             else:

@@ -2,6 +2,13 @@
 
     python scripts/bench_ops.py [--sizes 20000,real] [--channels 64] [--k 16]
                                 [--hidden 16,16 16,32] [--repeat 3] [--skip-naive]
+    python scripts/bench_ops.py --network      # experiment=pccn_kitti network, one real scan
+
+``--network``: one forward+backward of the ``experiment=pccn_kitti`` network (width 64, depth
+8, K 16, full kernels, kernel_hidden [16, 32]) on the whole real scan (~124.7k points, no
+voxelisation) on CPU, in a fresh subprocess: wall time, peak extra RSS of the step (VmHWM -
+VmRSS before it), and the bytes autograd saved for backward (``saved_tensors_hooks``), per
+point. The KNN of every level is computed before the measured step.
 
 Methods, all computing the same function of feat at the same N, K and channels:
   reference   pcseg.ops.continuous_conv_reference (materialises M x K x C_in x C_out)
@@ -209,6 +216,67 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_network_worker() -> dict[str, Any]:
+    """One forward+backward of the experiment=pccn_kitti network on the real scan (CPU)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import pcseg.config  # noqa: F401  (resolvers)
+    from pcseg.structures import PointBatch
+
+    torch.manual_seed(0)
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, job_name="bench_ops", version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=pccn_kitti"])
+    net = instantiate(cfg.model.net)
+    pos, note = _points("real")
+    feat = torch.randn(len(pos), net.input_norm.num_features)
+    batch = PointBatch(coord=pos, feat=feat, offset=torch.tensor([len(pos)]))
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    def step() -> None:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = net(batch)
+        logits.square().mean().backward()
+
+    _reset_peak()
+    base = _status_kb("VmRSS")
+    t0 = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - t0
+    peak = (_status_kb("VmHWM") - base) / 1024
+    n = len(pos)
+    return {
+        "n": n, "note": note, "threads": torch.get_num_threads(), "fwd_bwd_s": seconds,
+        "peak_mb": peak, "peak_kb_per_point": peak * 1024 / n,
+        "saved_mb": saved[0] / 2**20, "saved_kb_per_point": saved[0] / 1024 / n,
+        "params": sum(p.numel() for p in net.parameters()),
+    }  # fmt: skip
+
+
+def network_main(timeout: int) -> None:
+    load0 = os.getloadavg()[0]
+    cmd = [sys.executable, __file__, "--worker", "--method", "network"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        raise SystemExit(f"network worker failed:\n{res.stderr[-3000:]}")
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    row["load"] = (load0, os.getloadavg()[0])
+    print(
+        f"experiment=pccn_kitti network, one forward+backward on CPU ({row['threads']} threads), "
+        f"N={row['n']} ({row['note']}), {row['params']:,} parameters\n"
+        f"  time {row['fwd_bwd_s']:.1f} s   peak extra RSS {row['peak_mb']:.0f} MB "
+        f"({row['peak_kb_per_point']:.1f} KB/point)   saved for backward "
+        f"{row['saved_mb']:.0f} MB ({row['saved_kb_per_point']:.1f} KB/point)   "
+        f"load {row['load'][0]:.1f} -> {row['load'][1]:.1f}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------
@@ -279,10 +347,19 @@ def main() -> None:
     parser.add_argument("--skip-knn", action="store_true")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per case")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument(
+        "--network", action="store_true", help="peak memory of the pccn_kitti network instead"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker and args.method == "network":
+        print(json.dumps(run_network_worker()))
+        return
+    if args.network:
+        network_main(args.timeout * 4)
+        return
     if args.worker:
         args.hidden = args.hidden[0] if isinstance(args.hidden, list) else args.hidden
         print(json.dumps(run_worker(args)))
