@@ -57,6 +57,21 @@ def _too_few_points(scan: Path, label: Path) -> Path:
     return scan
 
 
+def _identical_points(scan: Path, label: Path) -> Path:
+    """Every point at one position (a stuck sensor): one voxel, one distinct position."""
+    xyz, rem = read_scan(scan)
+    write_scan(scan, np.broadcast_to(xyz[:1], xyz.shape).copy(), rem)
+    return scan
+
+
+def _points_in_a_metre_cube(scan: Path, label: Path) -> Path:
+    """Every point inside one 1 m cube: at most 8 voxels at 0.5 m, 64 at 0.3 m."""
+    xyz, rem = read_scan(scan)
+    cube = np.random.default_rng(0).uniform(5.0, 5.999, xyz.shape).astype(np.float32)
+    write_scan(scan, cube, rem)
+    return scan
+
+
 def _unreadable_scan(scan: Path, label: Path) -> Path:
     scan.unlink()
     scan.mkdir()  # a directory where the file should be: reading it fails
@@ -119,6 +134,21 @@ BAD_CASES: dict[str, BadCase] = {
         "scan_too_few_points",
         ScanFormatError,
         r"only 40 points, fewer than min_points=100",
+    ),
+    # min_voxels=100 (the default) at any voxel size the tests use (0.3, 0.5 m)
+    "identical_points": BadCase(
+        _identical_points,
+        "scan_degenerate",
+        ScanFormatError,
+        r"degenerate scan: \d+ points in only 1 voxels at data\.voxel_size=[\d.]+ m, "
+        r"fewer than min_voxels=100",
+    ),
+    "points_in_a_metre_cube": BadCase(
+        _points_in_a_metre_cube,
+        "scan_degenerate",
+        ScanFormatError,
+        r"degenerate scan: \d+ points in only \d+ voxels at data\.voxel_size=[\d.]+ m, "
+        r"fewer than min_voxels=100",
     ),
     "unreadable_scan": BadCase(
         _unreadable_scan, "scan_unreadable", ScanFormatError, r"is a directory, not a file"

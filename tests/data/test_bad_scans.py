@@ -26,7 +26,7 @@ import pcseg.config  # noqa: F401  (config resolvers)
 from pcseg import PROJECT_ROOT
 from pcseg.data.collate import collate_point_clouds
 from pcseg.data.datamodule import SemanticKITTIDataModule
-from pcseg.data.errors import DatasetFileError
+from pcseg.data.errors import DatasetFileError, ScanFormatError
 from pcseg.data.semantickitti import SemanticKITTIDataset
 from pcseg.data.validation import Problem, check_scan
 from pcseg.evaluate import evaluate
@@ -58,7 +58,9 @@ def bad_root(request, clean_root, tmp_path) -> tuple[Path, str, Path]:
 
 
 def _dataset(root: Path, policy: str) -> SemanticKITTIDataset:
-    return SemanticKITTIDataset(root, [0], voxel_size=0.5, on_bad_scan=policy, min_points=100)
+    return SemanticKITTIDataset(
+        root, [0], voxel_size=0.5, on_bad_scan=policy, min_points=100, min_voxels=100
+    )
 
 
 def test_raise_policy_names_the_file_and_problem(bad_root):
@@ -94,10 +96,10 @@ def test_check_scan_reports_each_case_once(bad_root):
     root, case, bad_file = bad_root
     ds = _dataset(root, "skip")
     rec = ds.records[1]
-    problems = check_scan(rec.scan_path, rec.label_path, ds.label_map, min_points=100)
+    problems = check_scan(rec.scan_path, rec.label_path, ds.label_map, 100, 0.5, 100)
     assert [(p.kind, p.path) for p in problems] == [(BAD_CASES[case].kind, bad_file)]
     good = ds.records[0]
-    assert check_scan(good.scan_path, good.label_path, ds.label_map, 100) == []
+    assert check_scan(good.scan_path, good.label_path, ds.label_map, 100, 0.5, 100) == []
 
 
 def test_batch_of_only_bad_scans_is_empty_and_steps_skip_it(clean_root, tmp_path):
@@ -166,19 +168,25 @@ class _Records(logging.Handler):
 def bad_run(tmp_path_factory) -> dict:
     """Two epochs of train() through the real configs on a root with planted bad scans.
 
-    train (seq 00): frames 0, 2, 4 good; 1 truncated, 3 NaN points, 5 label file missing;
-    valid (seq 01): frames 0, 1 bad (one all-bad batch of 2), frame 2 good.
+    train (seq 00): frames 0, 2, 4 good; 1 truncated, 3 NaN points, 5 label file missing,
+    6 and 7 degenerate (every point at one position; all in a 1 m cube:
+    they stopped epoch 0 with a BatchNorm error before data.min_voxels);
+    valid (seq 01): frames 0, 1 bad (one all-bad batch of 2), frame 2 good;
+    seq 02 (unused by training, for evaluate): frame 0 good, frame 1 degenerate.
     One worker process loads the data, so skips cross a process boundary as in a real run.
     """
     tmp = tmp_path_factory.mktemp("bad_run")
-    root = write_toy_dataset(tmp / "root", {0: 6, 1: 3}, points=300)
+    root = write_toy_dataset(tmp / "root", {0: 8, 1: 3, 2: 2}, points=300)
     bad = {
         "train": [
             plant(root, 0, 1, "truncated_scan"),
             plant(root, 0, 3, "nan_points"),
             plant(root, 0, 5, "missing_labels"),
+            plant(root, 0, 6, "identical_points"),
+            plant(root, 0, 7, "points_in_a_metre_cube"),
         ],
         "val": [plant(root, 1, 0, "empty_scan"), plant(root, 1, 1, "label_count_mismatch")],
+        "eval": [plant(root, 2, 1, "identical_points")],
     }
     out = tmp / "out"
     cfg = _compose_train(
@@ -211,11 +219,11 @@ def test_fit_completes_and_counts_skips_every_epoch(bad_run):
     per_epoch = {
         int(r["epoch"]): float(r["data/skipped_scans"]) for r in rows if r["data/skipped_scans"]
     }
-    assert per_epoch == {0: 3.0, 1: 3.0}
+    assert per_epoch == {0: 5.0, 1: 5.0}
     val = [float(r["data/skipped_scans_val"]) for r in rows if r["data/skipped_scans_val"]]
     assert val == [2.0, 2.0]
-    assert bad_run["metrics"]["data/skipped_scans"] == 3.0
-    # The good scans were trained on (2 batches of 3 scans per epoch) and validated.
+    assert bad_run["metrics"]["data/skipped_scans"] == 5.0
+    # The good scans were trained on (3 batches of 3 scans per epoch) and validated.
     assert torch.isfinite(torch.tensor(bad_run["metrics"]["train/loss"]))
     assert 0.0 <= bad_run["metrics"]["val/miou"] <= 1.0
     assert (bad_run["out"] / "checkpoints" / "last.ckpt").is_file()
@@ -230,10 +238,12 @@ def test_fit_warns_once_per_bad_file_with_its_reason(bad_run):
         assert train_msg.count(str(path)) == 1
     assert "bytes is not a multiple of 16 (float32 x, y, z, remission) [scan_corrupt]" in train_msg
     assert "NaN/inf coordinates" in train_msg and "label file missing" in train_msg
+    assert train_msg.count("[scan_degenerate]") == 2
+    assert "in only 1 voxels at data.voxel_size=0.5 m, fewer than min_voxels=100" in train_msg
     for path in bad_run["bad"]["val"]:
         assert str(path) in val_msg
     infos = [r.getMessage() for r in bad_run["log"].records if r.levelno == logging.INFO]
-    assert any(m.startswith("train epoch 1: skipped 3 bad scan(s)") for m in infos), infos
+    assert any(m.startswith("train epoch 1: skipped 5 bad scan(s)") for m in infos), infos
 
 
 def _compose_eval(ckpt: Path, out: Path, extra: list[str]) -> DictConfig:
@@ -256,6 +266,34 @@ def test_evaluation_raises_on_bad_scans_unless_told_to_skip(bad_run, tmp_path, c
     assert 0.0 <= metrics["miou"] <= 1.0
     out = capsys.readouterr().out
     assert out.count("skipped (data.on_bad_scan=skip)") == 2
+
+
+def test_evaluation_names_a_degenerate_scan(bad_run, tmp_path):
+    ckpt = bad_run["out"] / "checkpoints" / "last.ckpt"
+    degenerate = re.escape(str(bad_run["bad"]["eval"][0]))
+    overrides = ["data.num_workers=0", f"data.root={bad_run['root']}", "data.sequences={valid:[2]}"]
+    with pytest.raises(
+        ScanFormatError, match=degenerate + r": degenerate scan: 300 points in only 1"
+    ):
+        evaluate(_compose_eval(ckpt, tmp_path / "a", overrides))
+
+
+def test_voxels_fewer_than_k_and_bad_voxel_sizes_are_named(clean_root, tmp_path):
+    # data.voxel_size=20: a 40 m toy scene is a handful of voxels, fewer than the model's k
+    ds = SemanticKITTIDataset(clean_root, [0], voxel_size=20.0, min_voxels=8)
+    with pytest.raises(ScanFormatError, match=r"000000.bin: degenerate scan: 300 points in only "):
+        ds[0]
+    # ... and through the real configs: the DataModule asks for min_voxels >= model.net.k
+    cfg = _compose_train(clean_root, tmp_path, ["data.voxel_size=20"])
+    assert instantiate(cfg.data).dataset("train")[0]["skipped"]["kind"] == "scan_degenerate"
+    with pytest.raises(Exception, match=r"data.min_voxels=5 is below the model's k=8"):
+        instantiate(_compose_train(clean_root, tmp_path, ["data.min_voxels=5"]).data)
+    for size in ("0", "-0.1"):
+        cfg = _compose_train(clean_root, tmp_path, [f"data.voxel_size={size}"])
+        with pytest.raises(Exception, match=r"data.voxel_size must be > 0 metres, got -?0"):
+            instantiate(cfg.data)
+    cfg = _compose_train(clean_root, tmp_path, ["data.voxel_size=null"])  # every point
+    assert instantiate(cfg.data).dataset("train")[0]["coord"].shape[0] == 300
 
 
 def test_training_on_only_bad_scans_completes_without_a_step(clean_root, tmp_path):
