@@ -67,8 +67,8 @@ class SegmentationModule(pl.LightningModule):
         lovasz_weight: factor of the Lovász-softmax term added to the cross-entropy (0: none);
             it optimises each class's IoU directly, which lifts rare classes.
         log_images: validation scans rendered to bird's-eye-view images per epoch.
-        compile: ``torch.compile`` the network's plain-PyTorch parts (stem, head, and the
-            kernel MLPs on the CUDA path; see :func:`pcseg.nn.continuous_conv.compile_network`).
+        compile: ``torch.compile`` the network's plain-PyTorch parts (stem and head; see
+            :func:`pcseg.nn.continuous_conv.compile_network`).
 
     Defaults are ``configs/model/pccn.yaml``'s.
     """

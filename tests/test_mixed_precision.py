@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 import pcseg.config  # noqa: F401  (config resolvers)
 from pcseg import PROJECT_ROOT
 from pcseg.data.collate import collate_point_clouds
-from pcseg.nn.continuous_conv import ContinuousConv, compile_network, set_conv_options
+from pcseg.nn.continuous_conv import compile_network, set_conv_options
 from pcseg.train import train
 from tests.helpers import write_toy_dataset
 from tests.test_train import SMALL_MODEL
@@ -123,16 +123,14 @@ def test_bf16_mixed_steps_run_under_autocast_with_clipping(toy_root, tmp_path):
 
 
 def test_model_compile_key_composes_and_marks_the_parts(toy_root, tmp_path):
-    """model.compile=true: stem and head wrapped by nn.Module.compile (state_dict names kept),
-    every ContinuousConv set to compile its kernel MLP. Nothing is compiled until called."""
+    """model.compile=true: stem and head wrapped by nn.Module.compile (state_dict names kept).
+    Nothing is compiled until called."""
     cfg = compose_run(toy_root, tmp_path, ["model.compile=true"])
     model = instantiate(cfg.model)
     plain = instantiate(compose_run(toy_root, tmp_path, []).model)
     assert model.net.head._compiled_call_impl is not None
     assert model.net.stem._compiled_call_impl is not None
     assert plain.net.head._compiled_call_impl is None
-    convs = [m for m in model.net.modules() if isinstance(m, ContinuousConv)]
-    assert convs and all(c.compile_mlp for c in convs)
     assert set(model.state_dict()) == set(plain.state_dict())
 
 
@@ -149,7 +147,7 @@ def test_compiled_network_matches_eager(toy_root, tmp_path, impl):
     compiled.load_state_dict(eager.state_dict())
     for net in (eager, compiled):
         set_conv_options(net, impl=impl)
-    assert compile_network(compiled) == ["stem", "head", "ContinuousConv.kernel_mlp"]
+    assert compile_network(compiled) == ["stem", "head"]
     dm = instantiate(cfg.data)
     ds = dm.dataset("train")
     batch = collate_point_clouds([ds[0], ds[1]])

@@ -27,9 +27,9 @@ class ContinuousConv(nn.Module):
     Attributes:
         kernel_mlp: nn.Sequential ``Linear(3, h1), ReLU, ..., Linear(h_last, C_in*C_out | C_out)``.
         weight: (C_in, C_out) shared channel-mixing matrix ("separable" only).
-        impl, backend, compile_mlp: how :func:`pcseg.ops.continuous_conv` evaluates the layer
-            (plain attributes, not parameters: set them on a built model, e.g. with
-            :func:`set_conv_options`; they do not change the numbers beyond rounding).
+        impl: how :func:`pcseg.ops.continuous_conv` evaluates the layer ("auto", "chunked",
+            "triton"; a plain attribute, not a parameter: set it on a built model with
+            :func:`set_conv_options`; it does not change the numbers beyond rounding).
 
     Under ``torch.autocast`` the layer returns float32 (sums accumulate in float32).
 
@@ -45,8 +45,6 @@ class ContinuousConv(nn.Module):
         kernel: str = "full",
         normalize: bool = True,
         impl: str = "auto",
-        backend: str = "auto",
-        compile_mlp: bool = False,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -58,7 +56,7 @@ class ContinuousConv(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel, self.normalize = kernel, normalize
         self.kernel_hidden = tuple(int(h) for h in kernel_hidden)
-        self.impl, self.backend, self.compile_mlp = impl, backend, bool(compile_mlp)
+        self.impl = impl
         layers: list[nn.Module] = []
         width = 3
         for h in self.kernel_hidden:
@@ -120,11 +118,11 @@ class ContinuousConv(nn.Module):
 
 
 def set_conv_options(module: nn.Module, **options: object) -> int:
-    """Set ``impl`` / ``backend`` / ``compile_mlp`` on every ContinuousConv inside ``module``.
+    """Set ``impl`` on every ContinuousConv inside ``module``.
 
     Returns how many layers were changed; raises ValueError for another option name.
     """
-    unknown = set(options) - {"impl", "backend", "compile_mlp"}
+    unknown = set(options) - {"impl"}
     if unknown:
         raise ValueError(f"unknown ContinuousConv options {sorted(unknown)}")
     layers = [m for m in module.modules() if isinstance(m, ContinuousConv)]
@@ -139,9 +137,8 @@ def compile_network(net: nn.Module) -> list[str]:
 
     Compiled: every direct child that is an ``nn.Sequential`` or marks itself ``compilable``
     (:class:`~pcseg.nn.pccn.ContextHead`) without a ContinuousConv inside (PCCN's ``stem`` and
-    ``head``: Linear + BatchNorm + ReLU chains that fuse well), and the
-    per-neighbour kernel-MLP evaluation of every ContinuousConv (``compile_mlp``, used by the
-    primitives path, i.e. on CUDA). Never the custom autograd Functions or the KNN search.
+    ``head``: Linear + BatchNorm + ReLU chains that fuse well). Never the continuous convs
+    (their autograd Function evaluates the kernel MLP itself) or the KNN search.
     ``nn.Module.compile`` keeps parameter names, so checkpoints are unchanged.
     """
     names = []
@@ -151,6 +148,4 @@ def compile_network(net: nn.Module) -> list[str]:
         ):
             child.compile()
             names.append(name)
-    if set_conv_options(net, compile_mlp=True):
-        names.append("ContinuousConv.kernel_mlp")
     return names

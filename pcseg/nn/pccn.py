@@ -185,10 +185,9 @@ class PCCN(nn.Module):
         """(N, K) int64 indices of each point's K nearest neighbours within its own cloud."""
         return knn(batch.coord, batch.coord, self.k, batch.offset, batch.offset).idx
 
-    def encode_fine(self, batch: PointBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stem and residual blocks on every point, over one shared KNN window.
-
-        Returns the scaled coordinates (N, 3) and each block's output (N, width)."""
+    def encode_fine(self, batch: PointBatch) -> list[torch.Tensor]:
+        """Stem and residual blocks on every point, over one shared KNN window: each block's
+        output (N, width)."""
         idx = self.neighbours(batch)
         coord = batch.coord / self.kernel_scale
         h = self.stem(self.input_norm(batch.feat))
@@ -196,11 +195,11 @@ class PCCN(nn.Module):
         for block in self.blocks:
             h = block(h, coord, idx)
             outputs.append(h)
-        return coord, outputs
+        return outputs
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
         """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
-        _, outputs = self.encode_fine(batch)
+        outputs = self.encode_fine(batch)
         pooled = segment_max(outputs[-1], batch.offset)
         return self.head(torch.cat(outputs, dim=1), pooled, batch.offset)
 
@@ -353,17 +352,24 @@ class PCCNEncoderDecoder(PCCN):
             rows, c_offset = grid_subsample(xyz, offset, self.cell * 2.0 ** (level - 1))
         return xyz[rows], c_offset
 
-    def forward(self, batch: PointBatch) -> torch.Tensor:
-        """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
-        _, outputs = self.encode_fine(batch)
-        h = outputs[-1]
-        points = [(batch.coord, batch.offset)]  # (xyz, offset) of level 0 (fine) .. L
-        skips: list[torch.Tensor] = []  # encoder output of levels 1 .. L
-        # encoder: level l-1 -> level l (a subset of the level above), blocks there
+    def scale(self, level: int) -> float:
+        """Metres per unit of the kernel MLPs' input at coarse ``level`` (>= 1)."""
+        return self.kernel_scale * 2.0 ** (level - 1)
+
+    def encode_coarse(
+        self, h: torch.Tensor, batch: PointBatch
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
+        """Level l-1 -> level l (a subset of the level above), then the blocks there.
+
+        h (N, width): the last fine block's output. Returns every level's points, (xyz (N_l, 3),
+        offset (B,)) for l = 0 (fine) .. L, and the encoder output (N_l, width) of l = 1 .. L.
+        """
+        points = [(batch.coord, batch.offset)]
+        skips: list[torch.Tensor] = []
         for level in range(1, self.levels + 1):
             xyz, offset = points[-1]
             c_xyz, c_offset = self.coarser(xyz, offset, level)
-            scale = self.kernel_scale * 2.0 ** (level - 1)
+            scale = self.scale(level)
             down, blocks, _, _ = self._stage(level)
             down_idx = knn(c_xyz, xyz, self.k, c_offset, offset).idx
             own_idx = knn(c_xyz, c_xyz, self.k, c_offset, c_offset).idx
@@ -373,17 +379,31 @@ class PCCNEncoderDecoder(PCCN):
                 h = block(h, c_scaled, own_idx)
             points.append((c_xyz, c_offset))
             skips.append(h)
-        pooled = segment_max(h, points[-1][1])
-        # decoder: each level's output carried up and added to the level above; level 1 -> fine
+        return points, skips
+
+    def decode(
+        self, points: list[tuple[torch.Tensor, torch.Tensor]], skips: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Each level's output carried up by a continuous conv and added to the encoder output
+        of the level above; level 1's lands on the fine points: -> (N, width)."""
+        h = skips[-1]
         for level in range(self.levels, 0, -1):
             (xyz, offset), (f_xyz, f_offset) = points[level], points[level - 1]
-            scale = self.kernel_scale * 2.0 ** (level - 1)
+            scale = self.scale(level)
             _, _, up, norm = self._stage(level)
             up_idx = knn(f_xyz, xyz, self.k, f_offset, offset).idx
             h = torch.relu(norm(up(h, xyz / scale, f_xyz / scale, up_idx)))
             if level > 1:
                 h = skips[level - 2] + h
-        return self.head(torch.cat([*outputs, h], dim=1), pooled, batch.offset)
+        return h
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        """batch with coord (N, 3), feat (N, C_in), offset (B,) -> logits (N, num_classes)."""
+        outputs = self.encode_fine(batch)
+        points, skips = self.encode_coarse(outputs[-1], batch)
+        pooled = segment_max(skips[-1], points[-1][1])
+        decoded = self.decode(points, skips)
+        return self.head(torch.cat([*outputs, decoded], dim=1), pooled, batch.offset)
 
 
 def check_subsampling(levels: int, subsample: str, stride: int | None, cell: float | None) -> None:
