@@ -18,6 +18,10 @@ pre-emption) continue where its last checkpoint left off:
   Python's and CUDA's generator states in every checkpoint and puts them back on resume.
 - :func:`resolve_ckpt_path`: ``ckpt_path=last`` finds the newest ``runs/*/checkpoints/last.ckpt``;
   a run folder or a file path is checked up front, with an error naming what was looked for.
+- :func:`safe_torch_load`: the one ``torch.load`` (``weights_only=True``); a pickle that would
+  run code raises :class:`UnsafeCheckpointError` naming the file. Lightning's resume reads
+  through it too (``AtomicCheckpointIO.load_checkpoint``). Rebuilding a run from a checkpoint's
+  config (allow-listed ``_target_`` s) lives in :mod:`pcseg.checkpoint_loading`.
 """
 
 from __future__ import annotations
