@@ -10,6 +10,11 @@ without any X server, through EGL); --ply writes OUT/<seq>_<frame>_<mode>.ply. W
 display ($DISPLAY and $WAYLAND_DISPLAY unset, or naming no reachable server) and neither given,
 PNG files go to outputs/vis/<seq>/.
 
+Scans may be NNNNNN.bin, .pcd or .ply; other files in velodyne/ (other names or suffixes,
+names that are not UTF-8) are listed as ignored. A frame that cannot be read (e.g. a corrupt
+scan with 1e30 coordinates) is reported with its file and left out; the other frames are still
+written, and the exit status is 2.
+
 --predictions: a submission root holding sequences/NN/predictions/NNNNNN.label (what
 `evaluate.py export=true` writes) or a folder with the NNNNNN.label files directly; either way
 they hold RAW SemanticKITTI ids, like the labels.
@@ -35,6 +40,7 @@ from pcseg.vis.frames import (
     default_mode,
     find_frames,
     frame_colors,
+    ignored_scan_files,
     load_frame,
 )
 
@@ -91,8 +97,12 @@ def display_problem() -> str | None:
         return f"cannot reach the X server of $DISPLAY={display} ({e})"
 
 
-def export(frames: list[FrameFiles], args: argparse.Namespace, mode: str | None) -> None:
-    """Write PNG and/or PLY files for every frame, with a progress bar."""
+def export(frames: list[FrameFiles], args: argparse.Namespace, mode: str | None) -> list[str]:
+    """Write PNG and/or PLY files for every frame, with a progress bar.
+
+    A frame that cannot be read or drawn is left out; returns one line per such frame (its
+    file and why), so one corrupt scan never spoils the others.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from pcseg.vis.render import OffscreenRenderer, save_ply
@@ -104,11 +114,17 @@ def export(frames: list[FrameFiles], args: argparse.Namespace, mode: str | None)
         if renderer.backend != "open3d":
             print("note: PNG files show a bird's-eye view (see the warning above)")
     columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    skipped: list[str] = []
     try:
         with Progress(*columns, TimeRemainingColumn(), transient=False) as progress:
             task = progress.add_task(f"sequence {frames[0].sequence}", total=len(frames))
             for files in frames:
-                frame = load_frame(files, label_map)
+                try:
+                    frame = load_frame(files, label_map)
+                except DatasetFileError as e:
+                    skipped.append(f"skipped frame {files.frame:06d}: {e}")
+                    progress.advance(task)
+                    continue
                 frame_mode = mode or default_mode(files)
                 colors = frame_colors(frame, frame_mode, label_map)
                 stem = f"{files.sequence}_{files.frame:06d}_{frame_mode}"
@@ -122,7 +138,8 @@ def export(frames: list[FrameFiles], args: argparse.Namespace, mode: str | None)
             renderer.close()
     for kind, folder in (("PNG", args.png), ("PLY", args.ply)):
         if folder is not None:
-            print(f"wrote {len(frames)} {kind} file(s) to {folder}")
+            print(f"wrote {len(frames) - len(skipped)} {kind} file(s) to {folder}")
+    return skipped
 
 
 def show(frames: list[FrameFiles], args: argparse.Namespace, mode: str | None) -> None:
@@ -144,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         frames = find_frames(args.root, args.sequence, args.frames, args.predictions)
+        ignored = ignored_scan_files(frames[0].scan.parent)
+        if ignored:
+            shown = ", ".join(ignored[:10]) + (
+                f" and {len(ignored) - 10} more" if len(ignored) > 10 else ""
+            )
+            print(
+                f"note: ignored {len(ignored)} file(s) in {frames[0].scan.parent} that are not "
+                f"NNNNNN.bin/.pcd/.ply scans: {shown}",
+                file=sys.stderr,
+            )
         if args.mode is not None:  # fail before any work if the mode cannot be shown
             need_labels = args.mode in ("gt", "error")
             need_pred = args.mode in ("pred", "error")
@@ -160,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             args.png = Path("outputs") / "vis" / frames[0].sequence
             print(f"{problem}: rendering PNG files offscreen to {args.png}/ instead of a window")
         if args.png is not None or args.ply is not None:
-            export(frames, args, args.mode)
+            skipped = export(frames, args, args.mode)
+            for line in skipped:
+                print(f"error: {line}", file=sys.stderr)
+            if skipped:
+                return 2
         else:
             show(frames, args, args.mode)
     except (VisualizationError, DatasetFileError) as e:

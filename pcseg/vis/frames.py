@@ -1,7 +1,8 @@
 """Find and load the frames of one SemanticKITTI sequence for viewing, and colour them by mode.
 
 Shared by the interactive window and the PNG/PLY export so both read the same files the same
-way. Layout: ``ROOT/sequences/NN/velodyne/NNNNNN.bin``, ``.../labels/NNNNNN.label`` (optional)
+way. Layout: ``ROOT/sequences/NN/velodyne/NNNNNN.{bin,pcd,ply}``, ``.../labels/NNNNNN.label``
+(optional)
 and predictions (optional, RAW ids like the labels) in either
 
 - a submission root: ``PRED/sequences/NN/predictions/NNNNNN.label`` (what
@@ -11,14 +12,16 @@ and predictions (optional, RAW ids like the labels) in either
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 
-from pcseg.data.io import read_labels, read_scan
+from pcseg.data.io import SCAN_SUFFIXES, read_labels
 from pcseg.data.labels import LabelMap
+from pcseg.data.validation import read_checked_scan
 from pcseg.vis.colors import class_colors, error_colors, height_colors, remission_colors
 
 Mode = Literal["gt", "pred", "error", "remission", "height"]
@@ -27,6 +30,31 @@ MODES: tuple[str, ...] = get_args(Mode)
 
 class VisualizationError(ValueError):
     """The requested sequence, frames or predictions cannot be shown (the message says why)."""
+
+
+def printable_name(path: Path) -> str:
+    """``path``'s name, printable on any terminal: bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) are shown as ``\\xNN`` instead of failing to print."""
+    raw = os.fsencode(path.name)
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def ignored_scan_files(velodyne: Path) -> list[str]:
+    """Printable names of the files in ``velodyne`` that are not frames (NNNNNN + a scan
+    suffix): unknown suffixes, non-numeric or non-UTF-8 names. Shown so nothing is silently
+    left out."""
+    if not velodyne.is_dir():
+        return []
+    return sorted(
+        printable_name(p)
+        for p in velodyne.iterdir()
+        if not (p.suffix.lower() in SCAN_SUFFIXES and _frame_id(p) is not None)
+    )
+
+
+def _frame_id(path: Path) -> int | None:
+    stem = path.stem
+    return int(stem) if stem.isascii() and stem.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -120,8 +148,10 @@ def find_frames(
 ) -> list[FrameFiles]:
     """List the frames to show. ``sequence``: "08" or 8; ``frames``: see :func:`parse_frames`.
 
-    Raises :class:`VisualizationError` for a missing sequence or scan folder, and for a
-    selected frame whose prediction file is missing (naming it).
+    Scans are ``NNNNNN.bin``, ``.pcd`` or ``.ply`` (one frame id in two formats: an error);
+    other files are listed by :func:`ignored_scan_files`. Raises :class:`VisualizationError`
+    for a missing sequence or scan folder, and for a selected frame whose prediction file is
+    missing (naming it).
     """
     seq = f"{int(sequence):02d}" if str(sequence).isdigit() else str(sequence)
     seq_dir = Path(root) / "sequences" / seq
@@ -131,9 +161,30 @@ def find_frames(
             f"sequence {seq} not found: {seq_dir} does not exist"
             + (f" (available: {', '.join(have)})" if have else "")
         )
-    scans = {int(p.stem): p for p in (seq_dir / "velodyne").glob("*.bin") if p.stem.isdigit()}
+    velodyne = seq_dir / "velodyne"
+    if not velodyne.is_dir():
+        holds = sorted(printable_name(p) for p in seq_dir.iterdir())
+        raise VisualizationError(
+            f"no scans: sequence {seq} has no velodyne/ folder ({seq_dir} holds: "
+            f"{', '.join(holds) or 'nothing'})"
+        )
+    scans: dict[int, Path] = {}
+    for p in sorted(velodyne.iterdir()):
+        frame = _frame_id(p)
+        if frame is None or p.suffix.lower() not in SCAN_SUFFIXES:
+            continue
+        if frame in scans:
+            raise VisualizationError(
+                f"frame {frame:06d} of sequence {seq} is there twice: {scans[frame].name} and "
+                f"{p.name}; keep one"
+            )
+        scans[frame] = p
     if not scans:
-        raise VisualizationError(f"no scans: {seq_dir / 'velodyne'} holds no NNNNNN.bin files")
+        ignored = ignored_scan_files(velodyne)
+        raise VisualizationError(
+            f"no scans: {velodyne} holds no NNNNNN{{{','.join(SCAN_SUFFIXES)}}} files"
+            + (f" (ignored: {', '.join(ignored[:5])})" if ignored else "")
+        )
     pred_dir = resolve_predictions(predictions, seq) if predictions is not None else None
     out = []
     for frame in parse_frames(frames, sorted(scans)):
@@ -148,8 +199,12 @@ def find_frames(
 
 
 def load_frame(files: FrameFiles, label_map: LabelMap) -> Frame:
-    """Read a frame; label and prediction counts must match the scan (errors name the file)."""
-    xyz, remission = read_scan(files.scan)
+    """Read a frame; label and prediction counts must match the scan (errors name the file).
+
+    The scan gets the dataset's checks, so one with garbage coordinates (e.g. 1e30, which
+    would wreck the view bounds) raises :class:`~pcseg.data.errors.ScanFormatError`.
+    """
+    xyz, remission = read_checked_scan(files.scan, min_points=1)
     n = xyz.shape[0]
     target = pred = None
     if files.labels is not None:

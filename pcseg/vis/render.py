@@ -138,6 +138,15 @@ def _check_cloud(xyz: np.ndarray, colors: np.ndarray) -> None:
         raise ValueError(f"xyz must have shape (N, 3), got {xyz.shape}")
     if np.asarray(colors).shape != xyz.shape:
         raise ValueError(f"colors must have shape {xyz.shape}, got {np.asarray(colors).shape}")
+    # One garbage point (NaN, or ~1e30 from corrupt bytes) would set Open3D's view bounds and
+    # clip planes so that this frame and every later one render black: refuse it instead.
+    from pcseg.data.validation import MAX_ABS_COORDINATE
+
+    if xyz.size and not (np.isfinite(xyz).all() and np.abs(xyz).max() <= MAX_ABS_COORDINATE):
+        raise ValueError(
+            f"xyz holds NaN/inf or coordinates beyond {MAX_ABS_COORDINATE:.0e} m: not a LiDAR "
+            "scan (corrupt bytes?); nothing rendered"
+        )
 
 
 class OffscreenRenderer:

@@ -4,6 +4,7 @@ window's key actions, and scripts/visualize.py end to end on a tiny SemanticKITT
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,64 @@ def test_cli_names_a_missing_prediction_file(tmp_path):
         "--png", tmp_path / "out",
     )  # fmt: skip
     assert result.returncode == 2 and str(missing) in result.stderr
+
+
+def test_cli_leaves_out_a_scan_with_garbage_coordinates_and_draws_the_others(tmp_path):
+    """One scan with a 1e30 coordinate once turned every PNG of the run black (Open3D's view
+    bounds): it is now reported with its file and the other frames render normally."""
+    root = _tiny_dataset(tmp_path, frames=3, with_predictions=False)
+    bad = root / "sequences" / "08" / "velodyne" / "000001.bin"
+    xyz, remission = read_scan(bad)
+    xyz[5] = 1e30
+    write_scan(bad, xyz, remission)
+    out = tmp_path / "png"
+    result = _run(
+        "--root", root, "--sequence", "08", "--mode", "gt", "--png", out,
+        "--width", "64", "--height", "48",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"skipped frame 000001: {bad}: coordinates reach 1e+30 m" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["08_000000_gt.png", "08_000002_gt.png"]
+    for name in ("08_000000_gt.png", "08_000002_gt.png"):
+        image = np.asarray(Image.open(out / name))
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 2, f"{name} is blank"
+    assert "wrote 2 PNG file(s)" in result.stdout
+
+
+def test_renderer_refuses_garbage_coordinates():
+    with OffscreenRenderer(32, 24, backend="bev") as renderer:
+        xyz = np.zeros((4, 3), np.float32)
+        xyz[1] = 1e30
+        with pytest.raises(ValueError, match=r"coordinates beyond 1e\+05 m"):
+            renderer.render(xyz, np.zeros((4, 3), np.float32))
+
+
+def test_cli_reads_pcd_and_ply_scans_and_lists_ignored_names(tmp_path):
+    root = _tiny_dataset(tmp_path, frames=3, with_predictions=False)
+    velodyne = root / "sequences" / "08" / "velodyne"
+    for frame, suffix in ((1, ".pcd"), (2, ".ply")):
+        xyz, remission = read_scan(velodyne / f"{frame:06d}.bin")
+        (velodyne / f"{frame:06d}.bin").unlink()
+        write_scan(velodyne / f"{frame:06d}{suffix}", xyz, remission)
+    (velodyne / os.fsdecode(b"00000\xff.bin")).write_bytes(b"\0" * 16)  # not UTF-8
+    (velodyne / "notes.txt").write_text("not a scan")
+    out = tmp_path / "ply"
+    result = _run("--root", root, "--sequence", "08", "--mode", "height", "--ply", out)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"08_{i:06d}_height.ply" for i in range(3)]
+    assert "ignored 2 file(s)" in result.stderr
+    assert "00000\\xff.bin" in result.stderr and "notes.txt" in result.stderr
+    # the same frame id in two formats is ambiguous: named, not guessed
+    write_scan(velodyne / "000001.bin", *read_scan(velodyne / "000001.pcd"))
+    result = _run("--root", root, "--sequence", "08", "--ply", out)
+    assert result.returncode == 2
+    assert "frame 000001 of sequence 08 is there twice: 000001.bin and 000001.pcd" in result.stderr
+
+
+def test_cli_names_a_sequence_without_velodyne(tmp_path):
+    root = _tiny_dataset(tmp_path, frames=1, with_predictions=False)
+    shutil.rmtree(root / "sequences" / "08" / "velodyne")
+    result = _run("--root", root, "--sequence", "08", "--png", tmp_path / "out")
+    assert result.returncode == 2
+    assert "sequence 08 has no velodyne/ folder" in result.stderr
+    assert "holds: labels" in result.stderr
