@@ -414,12 +414,14 @@ def adapt(cfg: DictConfig) -> dict[str, float]:
         num_workers=int(cfg.data.num_workers),
     )
     epochs = int(acfg.epochs_per_round)
+    validate = bool(acfg.get("validate", True))
     rounds = PseudoLabelRounds(labeller, epochs, adapt_dir / "checkpoints")
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_epochs=int(acfg.rounds) * epochs,
         min_epochs=1,
         check_val_every_n_epoch=epochs,
+        **({} if validate else {"limit_val_batches": 0}),
         enable_checkpointing=False,
         default_root_dir=str(adapt_dir),
         callbacks=[*_callbacks(cfg), rounds],
@@ -433,7 +435,7 @@ def adapt(cfg: DictConfig) -> dict[str, float]:
     last = labeller.history[-1]
     metrics["adapt/pseudo_coverage"] = last["coverage"]
     metrics["adapt/seconds"] = seconds
-    if model.last_result is not None and not trainer.fast_dev_run:
+    if validate and model.last_result is not None and not trainer.fast_dev_run:
         from pcseg.train import report_best
 
         full = report_best(model, sim, "", adapt_dir, trainer.is_global_zero)
