@@ -364,6 +364,10 @@ def adapt(cfg: DictConfig) -> dict[str, float]:
 
     model = build_model(run, list(acfg.get("trusted_targets") or [])).train()
     stored = OmegaConf.to_container(run_cfg, resolve=True)
+    # the simulated scans to mix in: the checkpoint's own, or adapt.sim_root (e.g. the copy a
+    # from_ckpt model was trained on, when the embedded dataset has been regenerated since)
+    sim_kw = {"root": str(acfg.sim_root), "generate": False} if acfg.get("sim_root") else {}
+    stored["data"].update(sim_kw)
     stored["adapt"] = {**OmegaConf.to_container(acfg, resolve=True), "source_ckpt": str(source)}
     model.run_config = stored
     # fine-tuning: the same optimiser at the adaptation's learning rate, a fresh schedule
@@ -378,8 +382,8 @@ def adapt(cfg: DictConfig) -> dict[str, float]:
     real_kw = {"root": str(pseudo_root), "sequences": split, "generate": False, "augment": None}
     real_predict = instantiate(run_cfg.data, **real_kw, num_workers=0, persistent_workers=False)
     real_raw = instantiate(run_cfg.data, **real_kw, features=list(RAW_FEATURES))
-    sim = instantiate(run_cfg.data)
-    sim_raw = instantiate(run_cfg.data, augment=None, features=list(RAW_FEATURES))
+    sim = instantiate(run_cfg.data, **sim_kw)
+    sim_raw = instantiate(run_cfg.data, **sim_kw, augment=None, features=list(RAW_FEATURES))
     log.info("adapt: %d real scans staged in %s", len(staged), pseudo_root)
 
     labeller = PseudoLabeller(
