@@ -81,6 +81,17 @@ def test_missing_sequence_and_stricter_min_points(tmp_path):
     proc = run_check("--root", str(root), "--sequences", "8")
     assert proc.returncode == 1
     assert "sequence 08 is missing (present: 00)" in proc.stdout
+    shutil.rmtree(root / "sequences" / "00" / "velodyne")  # the folder is there, its scans not
+    proc = run_check("--root", str(root), "--sequences", "0")
+    assert proc.returncode == 1
+    assert "sequence 00 has no velodyne/ folder (it holds: labels)" in proc.stdout
+    write_toy_dataset(root, {0: 1}, points=200)
     proc = run_check("--root", str(root), "--min-points", "201")
     assert proc.returncode == 1
     assert "scan_too_few_points" in proc.stdout and "fewer than min_points=201" in proc.stdout
+    # degenerate at the voxel size asked for, fine at make train's 0.3 m (~190 voxels)
+    proc = run_check("--root", str(root), "--voxel-size", "20")
+    assert proc.returncode == 1 and "scan_degenerate" in proc.stdout
+    assert "voxels at data.voxel_size=20 m, fewer than min_voxels=100" in proc.stdout
+    proc = run_check("--root", str(root), "--voxel-size", "0")
+    assert proc.returncode == 2 and "data.voxel_size must be > 0 metres" in proc.stderr

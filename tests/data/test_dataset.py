@@ -4,6 +4,7 @@ go through the same code."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,14 @@ def test_real_scans_through_the_same_code(real_root):
     assert os.path.samefile(
         batch.meta[0]["scan_path"], real_root / "sequences/00/velodyne/000000.bin"
     )
+
+
+def test_a_sequence_without_velodyne_says_what_is_missing(tmp_path):
+    root = make_layout(tmp_path, {0: [100]})
+    shutil.rmtree(root / "sequences" / "00" / "velodyne")
+    with pytest.raises(
+        DatasetFileError, match=r"sequence 00 has no velodyne/ folder \(it holds: labels\)"
+    ):
+        SemanticKITTIDataset(root, [0])
+    with pytest.raises(DatasetFileError, match=r"sequence 01 is missing \(present: 00\)"):
+        SemanticKITTIDataset(root, [1])
