@@ -226,6 +226,28 @@ def _grad_tile(grad_ptr, head_ptr, rows, row_ok, hs, cs, c_ok, C, H, SEPARABLE: 
 
 
 @triton.jit
+def _gather_backward(
+    grad_ptr, head_ptr, feat_ptr, grad_feat_ptr, rows, row_ok, j, valid, hs, phi, C, H,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+    SEPARABLE: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """For one neighbour slot: grad_phi (BM, BLOCK_H) = grad_A_i . feat_j (a gather), and
+    grad_feat[j] += [phi, 1] . grad_A_i (an atomic scatter-add), over channel chunks."""
+    gphi = tl.full((BLOCK_M, BLOCK_H), 0.0, ACC)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cs < C
+        fmask = valid[:, None] & c_ok[None, :]
+        foffs = j[:, None] * C + cs[None, :]
+        f = tl.load(feat_ptr + foffs, mask=fmask, other=0.0).to(ACC)
+        ga, ga1 = _grad_tile(grad_ptr, head_ptr, rows, row_ok, hs, cs, c_ok, C, H, SEPARABLE, ACC)
+        gphi += tl.reduce(ga * f[:, None, :], 2, SUM_COMBINE)
+        gf = tl.reduce(phi[:, :, None] * ga, 1, SUM_COMBINE) + ga1
+        tl.atomic_add(grad_feat_ptr + foffs, gf, mask=fmask)
+    return gphi
+
+
+@triton.jit
 def _conv_bwd_kernel(
     grad_ptr, head_ptr, query_ptr, support_ptr, feat_ptr, idx_ptr,
     w1_ptr, b1_ptr, w2_ptr, b2_ptr,
@@ -257,19 +279,10 @@ def _conv_bwd_kernel(
         zx, zy, zz = _offsets(query_ptr, support_ptr, rows, row_ok, j, valid, ACC)
         pre1, pre2, phi = _hidden(zx, zy, zz, wx, wy, wz, b1, w2, b2, DEPTH)
         # 1. the gather-reduce's backward: grad_phi (a gather), grad_feat (a scatter-add)
-        gphi = tl.full((BLOCK_M, BLOCK_H), 0.0, ACC)
-        for c0 in range(0, C, BLOCK_C):
-            cs = c0 + tl.arange(0, BLOCK_C)
-            c_ok = cs < C
-            fmask = valid[:, None] & c_ok[None, :]
-            foffs = j[:, None] * C + cs[None, :]
-            f = tl.load(feat_ptr + foffs, mask=fmask, other=0.0).to(ACC)
-            ga, ga1 = _grad_tile(
-                grad_ptr, head_ptr, rows, row_ok, hs, cs, c_ok, C, H, SEPARABLE, ACC
-            )
-            gphi += tl.reduce(ga * f[:, None, :], 2, SUM_COMBINE)
-            gf = tl.reduce(phi[:, :, None] * ga, 1, SUM_COMBINE) + ga1
-            tl.atomic_add(grad_feat_ptr + foffs, gf, mask=fmask)
+        gphi = _gather_backward(
+            grad_ptr, head_ptr, feat_ptr, grad_feat_ptr, rows, row_ok, j, valid, hs, phi, C, H,
+            BLOCK_M, BLOCK_C, BLOCK_H, SEPARABLE, ACC,
+        )  # fmt: skip
         # 2. back through the hidden MLP (f = 0 at padding, so gphi is 0 there)
         if DEPTH == 2:
             dpre2 = tl.where(pre2 > 0, gphi, 0.0)
