@@ -90,8 +90,13 @@ def _nearest(
     d.addcmul_(diff[:, 1], diff[:, 1])
     d.addcmul_(diff[:, 2], diff[:, 2])
     order = torch.argsort(srow, stable=True)
-    order = order[torch.argsort(d[order], stable=True)]
-    order = order[torch.argsort(qrow[order], stable=True)]
+    if d.dtype == torch.float32:
+        # One sort by (query, dist2): a non-negative float32's bits order like its value.
+        key = (qrow[order] << 32) | d[order].view(torch.int32).to(torch.int64)
+        order = order[torch.argsort(key, stable=True)]
+    else:
+        order = order[torch.argsort(d[order], stable=True)]
+        order = order[torch.argsort(qrow[order], stable=True)]
     q_sorted = qrow[order]
     counts = torch.bincount(qrow, minlength=m)
     rank = (
