@@ -22,7 +22,9 @@ from pcseg.data.synthetic import (
     MARKER,
     DatasetSpecError,
     LidarConfig,
+    Randomization,
     SensorConfigError,
+    SensorDraw,
     build_scene,
     ensure_dataset,
     generate_dataset,
@@ -269,6 +271,7 @@ def test_cli_and_compare_script(tmp_path, small_root):
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert str(root) in out and (root / MARKER).is_file()
+    assert "train [0], valid [1], test [2]" in out
     assert sorted(p.name for p in (root / "sequences").iterdir()) == ["00", "01", "02"]
     bad = subprocess.run([*cmd[:2], "--frames", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--frames" in bad.stderr
@@ -290,3 +293,29 @@ def test_cli_and_compare_script(tmp_path, small_root):
         check=True,
     )
     assert "range m" in res.stdout and png.stat().st_size > 10_000
+
+
+def test_domain_randomisation_draws_within_its_ranges_and_can_be_turned_off():
+    rnd = Randomization()
+    draws = [SensorDraw.sample(rnd, 64, np.random.default_rng(k)) for k in range(50)]
+    assert all(abs(d.height) <= rnd.height for d in draws)
+    assert all(rnd.remission_gamma[0] <= d.gamma <= rnd.remission_gamma[1] for d in draws)
+    assert all(rnd.dropout[0] <= d.dropout <= rnd.dropout[1] for d in draws)
+    assert len({round(d.gain, 6) for d in draws}) == 50  # one draw per sequence
+    pose = np.eye(4)
+    moved = draws[0].apply_to_pose(pose)
+    assert moved[2, 3] == pytest.approx(draws[0].height)
+    np.testing.assert_allclose(moved[:3, :3] @ moved[:3, :3].T, np.eye(3), atol=1e-12)
+    off = SensorDraw.sample(Randomization(enabled=False), 64, np.random.default_rng(0))
+    np.testing.assert_array_equal(off.apply_to_pose(pose), pose)
+    assert off.elevation is None and off.gain == 1.0 and off.dropout == 0.0
+
+
+def test_randomisation_changes_the_scan_but_not_the_scene():
+    fixed = LidarConfig(n_beams=16, n_azimuth=360, randomize=Randomization(enabled=False))
+    ((_, a, pa),) = simulate_sequence(1, 1, seed=0, config=fixed)
+    ((_, b, pb),) = simulate_sequence(1, 1, seed=0, config=SMALL)
+    assert not np.array_equal(pa, pb)  # sensor height / tilt drawn per sequence
+    np.testing.assert_allclose(pa[:2, 3], pb[:2, 3])  # same place in the same scene
+    assert abs(pa[2, 3] - pb[2, 3]) <= Randomization().height + 1e-9
+    assert abs(len(a) - len(b)) < 0.1 * len(a)
