@@ -3,13 +3,15 @@ binding budget the run is the fixed schedule bit for bit."""
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import logging
 import math
-import re
 import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
@@ -17,7 +19,7 @@ from pcseg.callbacks.time_budget import TimeBudget, plan_epochs, process_start_t
 from pcseg.optim import WarmupCosineFactor, retarget_schedule, warmup_cosine
 from pcseg.train import train
 from tests.helpers import write_toy_dataset
-from tests.test_train import SMALL_MODEL, _run, compose_train
+from tests.test_train import SMALL_MODEL, compose_train
 
 
 def reference_warmup_cosine(total_steps: int, warmup_fraction: float, final_ratio: float):
@@ -128,10 +130,63 @@ def _overrides(root: Path) -> list[str]:
     ]
 
 
-def _weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+class FinalState(pl.Callback):
+    """Keeps the weights, optimiser steps, schedule end and LR where fitting ended (the newest
+    instance is ``FinalState.last``)."""
+
+    last: FinalState | None = None
+
+    def __init__(self) -> None:
+        FinalState.last = self
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.steps = trainer.global_step
+        factor = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+        self.schedule_steps = getattr(factor, "total_steps", None)
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
 
 
+class SimulatedTime(FinalState):
+    """A clock for the budget that advances ``step_s`` per training step and ``val_step_s``
+    per validation batch: the real training runs, but its timing is known exactly, so the
+    plan can be checked on a machine whose speed (and load) the test cannot know."""
+
+    def __init__(self, step_s: float, val_step_s: float) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.step_s = step_s
+        self.val_step_s = val_step_s
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.now += self.step_s
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        self.now += self.val_step_s
+
+
+def simulated_clock():
+    """TimeBudget's ``clock`` from the config: the time of the newest SimulatedTime."""
+    return lambda: FinalState.last.now
+
+
+def _run_in_process(overrides: list[str], out: Path) -> FinalState:
+    cfg = compose_train(
+        [*overrides, "+callbacks.final_state._target_=tests.test_time_budget.FinalState"], out
+    )
+    with open_dict(cfg):
+        cfg.validate_best = False
+    train(cfg)
+    return _final_state()
+
+
+def _final_state():
+    """The newest FinalState that Hydra built: Hydra imports this file as
+    ``tests.test_time_budget``, which may be another module object than pytest's."""
+    return importlib.import_module("tests.test_time_budget").FinalState.last
+
+
+@pytest.mark.slow
 def test_budget_null_or_not_binding_is_the_fixed_schedule_bit_for_bit(budget_root, tmp_path):
     """Reference: the callbacks of before (no budget, no epoch log) and the closure schedule."""
     runs = {}
@@ -145,12 +200,8 @@ def test_budget_null_or_not_binding_is_the_fixed_schedule_bit_for_bit(budget_roo
         "null": [],
         "loose": ["time_budget_min=600"],  # 10 hours: every epoch fits, nothing moves
     }.items():
-        out = tmp_path / name
-        cfg = compose_train([*_overrides(budget_root), "trainer.max_epochs=2", *extra], out)
-        with open_dict(cfg):
-            cfg.validate_best = False
-        train(cfg)
-        runs[name] = _weights(out)
+        overrides = [*_overrides(budget_root), "trainer.max_epochs=2", *extra]
+        runs[name] = _run_in_process(overrides, tmp_path / name).weights
     for name in ("null", "loose"):
         assert runs[name].keys() == runs["reference"].keys()
         for key, value in runs["reference"].items():
@@ -163,36 +214,66 @@ def reference_scheduler(optimizer, total_steps, warmup_fraction=0.05, final_rati
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@pytest.mark.slow
-def test_a_short_budget_stops_in_time_with_the_schedule_at_its_minimum(budget_root, tmp_path):
-    """Through the CLI (the budget counts from the process start: imports included): 200
-    fixed epochs would take minutes; a 25 s budget must end the process within 25 s plus a
-    tolerance, after whole epochs, with the LR at its minimum and the epochs reported."""
-    budget_s = 25.0
-    run_dir = tmp_path / "run"
-    start = time.time()
-    proc = _run(
-        "train.py",
+def _simulated_run(overrides: list[str], out: Path, caplog) -> tuple[SimulatedTime, str]:
+    """train() with the budget on a simulated clock of 1 s per step and 0.5 s per validation
+    batch, counted from 0; returns the clock (with the final state) and the log text."""
+    caplog.set_level(logging.INFO)
+    cfg = compose_train(
         [
-            *_overrides(budget_root),
-            "trainer.max_epochs=200",
-            f"time_budget_min={budget_s / 60}",
-            "callbacks.time_budget.measure_steps=2",
-            "callbacks.time_budget.overhead_s=3",
-            f"hydra.run.dir={run_dir}",
+            *overrides,
+            "+callbacks.sim_time._target_=tests.test_time_budget.SimulatedTime",
+            "+callbacks.sim_time.step_s=1.0",
+            "+callbacks.sim_time.val_step_s=0.5",
+            "+callbacks.time_budget.clock._target_=tests.test_time_budget.simulated_clock",
+            "+callbacks.time_budget.start_time=0.0",
         ],
-        tmp_path,
+        out,
     )
-    wall = time.time() - start
-    assert wall < budget_s + 8, f"{wall:.1f} s for a {budget_s} s budget"
-    text = proc.stdout + (run_dir / "train.log").read_text()
-    match = re.search(r"trained (\d+) epoch\(s\) \(limited by the time budget", text)
-    assert match, text[-3000:]
-    epochs = int(match.group(1))
-    assert 2 <= epochs < 200
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["epoch"] == epochs - 1
-    factor = ckpt["lr_schedulers"][0]["lr_lambdas"][0]
-    assert factor["total_steps"] == epochs * 4  # 4 training scans, batch 1
-    lr = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
-    assert lr == pytest.approx(0.01 * 0.01)  # the cosine reached its minimum
+    with open_dict(cfg):
+        cfg.validate_best = False
+    train(cfg)
+    return _final_state(), caplog.text
+
+
+@pytest.mark.slow
+def test_a_short_budget_ends_on_an_epoch_boundary_with_the_schedule_at_its_minimum(
+    budget_root, tmp_path, caplog
+):
+    """4 steps of 1 s + 0.5 s validation per epoch, 200 epochs fixed, a 30 s budget with
+    1 s reserved at the end (validate_best=false: no closing scoring): after 2 timed steps,
+    the epoch under way and 5 more fit (27 s). Training ends after epoch 6, inside the budget,
+    with the cosine at its minimum on the last step, and the run says how many epochs it got."""
+    overrides = [
+        *_overrides(budget_root),
+        "trainer.max_epochs=200",
+        "time_budget_min=0.5",
+        "callbacks.time_budget.measure_steps=2",
+        "callbacks.time_budget.overhead_s=1",
+    ]
+    clock, text = _simulated_run(overrides, tmp_path / "run", caplog)
+    summary = "trained 6 epoch(s) (limited by the time budget; at most 200; 24 optimiser steps)"
+    assert summary in text, text[-2000:]
+    assert clock.now == pytest.approx(6 * 4.5) and clock.now + 1 <= 30
+    assert clock.steps == clock.schedule_steps == 24
+    assert clock.lr == pytest.approx(0.01 * 0.01)  # the cosine reached its minimum
+
+
+@pytest.mark.slow
+def test_when_not_even_one_epoch_fits_it_stops_mid_epoch_on_the_schedule_end(tmp_path, caplog):
+    """A 40-step epoch of 1 s steps and a 20 s budget: after 4 steps (4 s), with 0.5 s for
+    the validation and 1 s reserved at the end, 14 more steps fit, 13 with one step of
+    margin; training stops after step 17, validates, and the LR schedule ends on that step."""
+    root = write_toy_dataset(tmp_path / "toy", {0: 40, 1: 1}, points=600)
+    overrides = [
+        *_overrides(root),
+        "trainer.max_epochs=3",
+        "time_budget_min=0.3333333333",
+        "callbacks.time_budget.measure_steps=3",
+        "callbacks.time_budget.overhead_s=1",
+    ]
+    clock, text = _simulated_run(overrides, tmp_path / "run", caplog)
+    assert "not even epoch 1 fits; training stops after optimiser step 17" in text, text[-2000:]
+    assert "stopping after step 17, as planned" in text
+    assert clock.now == pytest.approx(17.5) and clock.now + 1 <= 20
+    assert clock.steps == clock.schedule_steps == 17
+    assert clock.lr == pytest.approx(0.01 * 0.01)

@@ -1,8 +1,8 @@
 """A wall-clock budget for a whole training run, which the learning-rate schedule follows.
 
-``python train.py time_budget_min=9`` (what ``make train`` runs) promises that the process,
+``python train.py time_budget_min=9.5`` (what ``make train`` runs) promises that the process,
 counted from its start (imports, dataset simulation in ``prepare_data``, class counting,
-training, and the closing full-resolution scoring), ends within 9 minutes on any machine:
+training, and the closing full-resolution scoring), ends within the budget on any machine:
 
 1. after the first ``measure_steps`` optimiser steps the callback times a step, estimates an
    epoch (training steps + validation) and the closing phase (``validate_best``: one more
@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class BudgetReport:
     max_epochs: int
     planned_epochs: int
     trained_epochs: int = 0
+    trained_steps: int = 0
     steps_per_epoch: int = 0
     schedule_steps: int = 0
     schedule_moved: bool = False
@@ -110,6 +112,8 @@ class TimeBudget(pl.Callback):
             runs again and labels go back through the voxel index).
         overhead_s: fixed reserve for loading the best checkpoint, writing files, exiting.
         start_time: Unix time the budget counts from (None: the process start).
+        clock: the time source, ``time.time`` (tests pass a simulated clock to check the
+            planning deterministically on a machine whose speed they cannot know).
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class TimeBudget(pl.Callback):
         final_factor: float = 2.5,
         overhead_s: float = 15.0,
         start_time: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if minutes is not None and minutes <= 0:
             raise ValueError(f"time budget must be positive minutes or null, got {minutes!r}")
@@ -129,6 +134,7 @@ class TimeBudget(pl.Callback):
         self.eval_step_ratio = float(eval_step_ratio)
         self.final_factor = float(final_factor) if final_validation else 0.0
         self.overhead_s = float(overhead_s)
+        self._clock = clock or time.time
         self.start_time = process_start_time() if start_time is None else float(start_time)
         self.report: BudgetReport | None = None
         self._steps_seen = 0
@@ -139,6 +145,7 @@ class TimeBudget(pl.Callback):
         self._val_start = 0.0
         self._val_s: float | None = None
         self._planned_once = False
+        self._stop_step: int | None = None
         self._logged_kept = False
 
     @property
@@ -147,7 +154,7 @@ class TimeBudget(pl.Callback):
 
     def elapsed(self) -> float:
         """Seconds since the budget's start."""
-        return time.time() - self.start_time
+        return self._clock() - self.start_time
 
     # ---- estimates -------------------------------------------------------------------
     def _step_s(self) -> float:
@@ -182,6 +189,9 @@ class TimeBudget(pl.Callback):
             _as_count(trainer.num_training_batches) / max(trainer.accumulate_grad_batches, 1)
         )
         max_epochs = int(trainer.max_epochs or 1)
+        # Lightning ignores should_stop until min_epochs are done: a machine so slow that
+        # not even one epoch fits must still stop inside the budget
+        trainer.fit_loop.min_epochs = 0
         self.report = BudgetReport(
             budget_s=float(self.budget_s),
             max_epochs=max_epochs,
@@ -189,7 +199,7 @@ class TimeBudget(pl.Callback):
             steps_per_epoch=steps_per_epoch,
             schedule_steps=steps_per_epoch * max_epochs,
         )
-        self._epoch_start = time.time()
+        self._epoch_start = self._clock()
         log.info(
             "time budget %s for the whole run (%s already spent: start-up, data); "
             "at most %d epochs of %d steps; planning after %d timed steps",
@@ -214,7 +224,7 @@ class TimeBudget(pl.Callback):
     ) -> None:
         if not self.active or self.report is None:
             return
-        now = time.time()
+        now = self._clock()
         if self._last_batch_end is not None:
             self._step_times.append(now - self._last_batch_end)
         self._last_batch_end = now
@@ -224,6 +234,16 @@ class TimeBudget(pl.Callback):
             self._planned_once = True
             current_left = left * self._step_s() + self._val_estimate(trainer)
             self._replan(trainer, current_left, f"after {len(self._step_times)} timed steps")
+        if self._stop_step is not None and trainer.global_step >= self._stop_step and left > 0:
+            if not trainer.should_stop:  # the planned partial last epoch ends here
+                trainer.should_stop = True
+                self.report.stopped_mid_epoch = True
+                log.info(
+                    "time budget: stopping after step %d, as planned (%s spent)",
+                    trainer.global_step,
+                    format_duration(self.elapsed()),
+                )
+            return
         # hard stop: one more step plus validation plus the reserve would overrun the budget
         need = self._step_s() + self._val_estimate(trainer) + self._reserve(trainer)
         stop = left > 0 and self.elapsed() + need > self.report.budget_s
@@ -242,16 +262,16 @@ class TimeBudget(pl.Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.active and not trainer.sanity_checking:
-            self._val_start = time.time()
+            self._val_start = self._clock()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.active and trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._val_s = time.time() - self._val_start
+            self._val_s = self._clock() - self._val_start
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active or self.report is None:
             return
-        now = time.time()
+        now = self._clock()
         self._epoch_times.append(now - self._epoch_start)
         self._epoch_start = now
         self.report.trained_epochs = trainer.current_epoch + 1
@@ -263,13 +283,14 @@ class TimeBudget(pl.Callback):
             return
         r = self.report
         r.fit_end_s = self.elapsed()
+        r.trained_steps = int(trainer.global_step)
         r.reserve_s = self._reserve(trainer)
         log.info(
             "time budget: trained %d of at most %d epochs (%d optimiser steps, LR schedule %s) "
             "in %s since the start; %s reserved for the closing scoring",
             r.trained_epochs,
             r.max_epochs,
-            r.trained_epochs * r.steps_per_epoch,
+            r.trained_steps,
             f"moved to end at step {r.schedule_steps}" if r.schedule_moved else "unchanged",
             format_duration(r.fit_end_s),
             format_duration(r.reserve_s),
@@ -280,9 +301,12 @@ class TimeBudget(pl.Callback):
         if self.report is None:
             return None
         r = self.report
-        reason = "the time budget" if r.trained_epochs < r.max_epochs else "max_epochs"
+        limited = r.trained_epochs < r.max_epochs or r.stopped_mid_epoch
+        reason = "the time budget" if limited else "max_epochs"
+        partial = ", the last one stopped early" if r.stopped_mid_epoch else ""
         return (
-            f"trained {r.trained_epochs} epoch(s) (limited by {reason}; at most {r.max_epochs}); "
+            f"trained {r.trained_epochs} epoch(s) (limited by {reason}; at most {r.max_epochs}"
+            f"{partial}; {r.trained_steps} optimiser steps); "
             f"whole run {format_duration(self.elapsed())} of the {format_duration(r.budget_s)} "
             f"time budget"
         )
@@ -305,6 +329,10 @@ class TimeBudget(pl.Callback):
         if planned > r.planned_epochs:  # more epochs only with a margin: no flip-flopping
             planned = max(r.planned_epochs, plan_epochs(epoch_s=1.15 * epoch_s, **kwargs))
         planned = int(trainer.strategy.broadcast(planned, src=0))
+        last_started = planned == trainer.current_epoch + 1
+        if current_left > 0 and last_started and not self._fits(current_left, reserve, r):
+            self._plan_partial(trainer, reserve)
+            return
         if planned == r.planned_epochs:
             if not self._logged_kept:
                 self._logged_kept = True
@@ -337,6 +365,42 @@ class TimeBudget(pl.Callback):
             f"; LR schedule now ends at step {total}"
             if moved
             else " (this LR schedule cannot be moved: it is cut off where training stops)",
+        )
+
+    def _fits(self, current_left: float, reserve: float, r: BudgetReport) -> bool:
+        return self.elapsed() + current_left + reserve <= r.budget_s
+
+    def _plan_partial(self, trainer: pl.Trainer, reserve: float) -> None:
+        """Not even the epoch under way fits: stop after the optimiser steps that do (then
+        validate), with the LR schedule ending on that step."""
+        r = self.report
+        assert r is not None
+        step_s = max(self._step_s(), 1e-9)
+        free = r.budget_s - reserve - self.elapsed() - self._val_estimate(trainer)
+        # one step of margin, so that normal step-time noise ends training here and not at
+        # the hard stop a step or two earlier (which would cut the schedule short)
+        stop = trainer.global_step + max(math.floor(free / step_s) - 1, 0)
+        stop = int(trainer.strategy.broadcast(stop, src=0))
+        self._stop_step = max(stop, trainer.global_step)
+        r.planned_epochs = trainer.current_epoch + 1
+        trainer.fit_loop.max_epochs = r.planned_epochs
+        moved = any(
+            retarget_schedule(c.scheduler, max(self._stop_step, 1))
+            for c in trainer.lr_scheduler_configs
+        )
+        if moved:
+            r.schedule_steps = self._stop_step
+            r.schedule_moved = True
+        log.warning(
+            "time budget: ~%s per step, %s reserved for the closing scoring, %s spent: not even "
+            "epoch %d fits; training stops after optimiser step %d (of %d in the epoch)%s",
+            format_duration(step_s),
+            format_duration(reserve),
+            format_duration(self.elapsed()),
+            trainer.current_epoch + 1,
+            self._stop_step,
+            r.steps_per_epoch * (trainer.current_epoch + 1),
+            ", where the LR schedule now ends" if moved else "",
         )
 
 
