@@ -7,7 +7,7 @@ label yaml, optionally voxelised (keeping the index back to every original point
 (training only), and turned into features.
 
 A scan without intensity (remission absent or constant) is warned about once per file
-(:class:`RemissionMissingWarning`) and fed remission 0, what training's
+(:class:`RemissionMissingWarning`) and fed remission 0.3 (the mean), what training's
 :class:`~pcseg.data.transforms.RandomRemissionDrop` feeds (see :mod:`pcseg.data.features`).
 
 A bad scan (corrupt, truncated, NaN/inf, too few points, too few distinct positions or voxels

@@ -69,7 +69,7 @@ class RandomJitter:
 
 class RandomRemissionDrop:
     """With probability ``p`` per scan, replace the whole remission channel by
-    :data:`~pcseg.data.features.REMISSION_FREE_VALUE` (0): the scan looks exactly like one
+    :data:`~pcseg.data.features.REMISSION_FREE_VALUE` (0.3, the mean): the scan looks exactly like one
     whose file has no (or a constant) intensity, which the dataset feeds the network the same
     way at training and inference time. The network thus learns geometry-only cues instead of
     collapsing when a ``.pcd``/``.ply`` scan carries no intensity.

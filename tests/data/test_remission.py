@@ -140,11 +140,15 @@ def test_remission_drop_is_seeded_and_fires_with_probability_p(scan):
     coord, remission = scan
     drop = RandomRemissionDrop(0.25)
     fired = [
-        bool(np.all(drop.scan(coord, remission, np.random.default_rng(s))[1] == 0))
+        bool(
+            np.all(drop.scan(coord, remission, np.random.default_rng(s))[1] == REMISSION_FREE_VALUE)
+        )
         for s in range(2000)
     ]
     again = [
-        bool(np.all(drop.scan(coord, remission, np.random.default_rng(s))[1] == 0))
+        bool(
+            np.all(drop.scan(coord, remission, np.random.default_rng(s))[1] == REMISSION_FREE_VALUE)
+        )
         for s in range(2000)
     ]
     assert fired == again
@@ -160,6 +164,6 @@ def test_compose_gives_each_transform_its_part_of_the_scan(scan):
     np.testing.assert_array_equal(
         out_coord, Compose([RandomRotateZ()])(coord, np.random.default_rng(3))
     )
-    assert np.all(out_rem == 0)
+    assert np.all(out_rem == REMISSION_FREE_VALUE)
     # a coordinate-only call ignores remission transforms
     np.testing.assert_array_equal(aug(coord, np.random.default_rng(3)), out_coord)
