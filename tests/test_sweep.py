@@ -50,7 +50,9 @@ def test_multirun_writes_one_folder_per_job_with_its_config_and_checkpoint(tmp_p
         cfg = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
         assert cfg.model.net.width == width
         assert f"model.net.width={width}" in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
-        ckpt = torch.load(job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        ckpt = torch.load(
+            job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+        )
         # the job trained the network it was given: the stem's output width is the swept one
         stem = [v for k, v in ckpt["state_dict"].items() if k.startswith("net.stem.")]
         assert stem[0].shape[0] == width
