@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pcseg.checkpoint_loading import LoadedRun
 from pcseg.data.errors import DatasetFileError
-from pcseg.data.io import write_labels
+from pcseg.data.io import _atomic_write, write_labels
 from pcseg.data.labels import LabelMap
 from pcseg.inference import CloudPredictor, Prediction, load_checkpoint_model, resolve_device
 from pcseg.loose_files import INTENSITY_FIELDS, LooseScanLoader, find_inputs, read_xyz
@@ -106,16 +104,8 @@ def output_stems(base: Path, files: list[Path], out_dir: Path) -> dict[Path, Pat
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through ``write(tmp)`` into a hidden file beside ``path``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`pcseg.data.io._atomic_write` (temp file beside ``path``, then rename); returns ``path``."""
+    _atomic_write(path, write)
     return path
 
 
