@@ -12,6 +12,9 @@ DATA_ROOT ?= data/synthetic_kitti
 # and the run still ends inside 10 minutes (the closing-scoring reserve is estimated
 # generously). TIME_BUDGET_MIN=null: the fixed schedule, however long it takes.
 TIME_BUDGET_MIN ?= 9.5
+# when this `make` started (Unix time): the budget counts from here, so a fresh clone's .venv
+# bootstrap is inside the 10 minutes too
+MAKE_START := $(shell date +%s.%N)
 
 .PHONY: train evaluate predict test test-fast data lint format clean-data help
 
@@ -30,7 +33,7 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 # Builds the embedded dataset on first use, trains, prints the best checkpoint's IoU table.
 # Extra Hydra overrides: make train ARGS="trainer.max_epochs=2 model.net.width=16"
 train: $(STAMP)
-	$(PY) train.py time_budget_min=$(TIME_BUDGET_MIN) $(ARGS)
+	$(PY) train.py time_budget_min=$(TIME_BUDGET_MIN) time_budget_start=$(MAKE_START) $(ARGS)
 
 # The other entry points with .venv's Python (no activation needed). Quote brace overrides:
 #   make evaluate ARGS="ckpt_path=last 'data.sequences={valid:[0]}'"

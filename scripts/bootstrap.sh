@@ -43,7 +43,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first and pinned: an unpinned resolve can pull a multi-GB CUDA build.
-"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q --no-compile "torch==2.13.0"
 echo "[bootstrap] installing pcseg with extras dev,bench,$O3D_EXTRA"
-"$VENV/bin/python" -m pip install -q -e ".[dev,bench,$O3D_EXTRA]"
+"$VENV/bin/python" -m pip install -q --no-compile -e ".[dev,bench,$O3D_EXTRA]"
 "$VENV/bin/python" -c "import open3d, torch; print(f'[bootstrap] ok: torch {torch.__version__}, open3d {open3d.__version__}')"

@@ -7,14 +7,17 @@ import importlib
 import itertools
 import logging
 import math
+import subprocess
 import time
 from pathlib import Path
 
+import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
+from pcseg import PROJECT_ROOT
 from pcseg.callbacks.time_budget import TimeBudget, plan_epochs, process_start_time
 from pcseg.optim import WarmupCosineFactor, retarget_schedule, warmup_cosine
 from pcseg.train import train
@@ -109,6 +112,33 @@ def test_process_start_time_is_before_now():
 def test_budget_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         TimeBudget(minutes=0)
+
+
+def test_budget_counts_from_a_given_start_and_refuses_a_future_one():
+    """`make train` passes the moment make started (time_budget_start), so a fresh clone's
+    bootstrap counts: the budget's elapsed time is measured from there, not from this process."""
+    started = time.time() - 150.0
+    budget = TimeBudget(minutes=9.5, start_time=started)
+    assert 150.0 <= budget.elapsed() < 150.0 + 60.0
+    with pytest.raises(ValueError, match="future"):
+        TimeBudget(minutes=9.5, start_time=time.time() + 3600.0)
+
+
+def test_make_train_passes_its_start_time_to_the_budget(tmp_path):
+    """The Makefile's train recipe hands train.py the time make started, and the default
+    callbacks config routes time_budget_start to TimeBudget(start_time=...)."""
+    dry = subprocess.run(
+        ["make", "-n", "train", "STAMP=/dev/null"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(ln for ln in dry.splitlines() if "train.py" in ln)
+    start = float(line.split("time_budget_start=")[1].split()[0])
+    assert abs(time.time() - start) < 60.0
+    cfg = compose_train([f"time_budget_start={start}"], tmp_path)
+    assert float(hydra.utils.instantiate(cfg.callbacks.time_budget).start_time) == start
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +255,7 @@ def _simulated_run(overrides: list[str], out: Path, caplog) -> tuple[SimulatedTi
             "+callbacks.sim_time.step_s=1.0",
             "+callbacks.sim_time.val_step_s=0.5",
             "+callbacks.time_budget.clock._target_=tests.test_time_budget.simulated_clock",
-            "+callbacks.time_budget.start_time=0.0",
+            "callbacks.time_budget.start_time=0.0",
         ],
         out,
     )

@@ -111,7 +111,9 @@ class TimeBudget(pl.Callback):
             voxel-level pass, plus every original point scored (~1.5 passes: the network
             runs again and labels go back through the voxel index).
         overhead_s: fixed reserve for loading the best checkpoint, writing files, exiting.
-        start_time: Unix time the budget counts from (None: the process start).
+        start_time: Unix time the budget counts from (None: the process start). ``make
+            train`` passes the time ``make`` started, so the set-up of a fresh clone (the
+            ``.venv`` bootstrap) counts too; a time in the future is refused.
         clock: the time source, ``time.time`` (tests pass a simulated clock to check the
             planning deterministically on a machine whose speed they cannot know).
     """
@@ -136,6 +138,10 @@ class TimeBudget(pl.Callback):
         self.overhead_s = float(overhead_s)
         self._clock = clock or time.time
         self.start_time = process_start_time() if start_time is None else float(start_time)
+        if clock is None and self.start_time > time.time() + 1.0:
+            raise ValueError(
+                f"time budget start {start_time!r} lies in the future (Unix time expected)"
+            )
         self.report: BudgetReport | None = None
         self._steps_seen = 0
         self._step_times: list[float] = []
@@ -201,7 +207,8 @@ class TimeBudget(pl.Callback):
         )
         self._epoch_start = self._clock()
         log.info(
-            "time budget %s for the whole run (%s already spent: start-up, data); "
+            "time budget %s for the whole run (%s already spent before training: set-up, "
+            "start-up, data); "
             "at most %d epochs of %d steps; planning after %d timed steps",
             format_duration(self.budget_s),
             format_duration(self.elapsed()),
