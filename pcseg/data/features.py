@@ -20,12 +20,11 @@ import numpy as np
 FEATURE_CHANNELS = {"xyz": 3, "remission": 1, "range": 1, "height": 1}
 #: Remission of every point of a scan without intensity, in training (remission dropout) and at
 #: inference alike: the mean remission of LiDAR scans (SemanticKITTI 0.29, the embedded
-#: dataset 0.31), i.e. mean imputation. Not 0: the networks normalise their inputs with
-#: BatchNorm, which in training maps a scan-constant channel to 0 whatever its value (batch
-#: statistics; batch size 1) but at inference uses running statistics, where 0 is ~2 std
-#: below the mean ("dark everywhere", which reads as car): a zeroed scan then collapsed to
-#: car even with dropout (measured: 0.2 % mIoU on real scans). At the mean the channel is ~0
-#: after normalisation in both modes. Intensities on another scale (e.g. 0-255) need their
+#: dataset 0.31), i.e. mean imputation. The networks' input normalisation
+#: (:class:`pcseg.nn.pccn.InputNorm`) leaves such a scan-constant channel out of its statistics
+#: and normalises it with the running ones in training as in evaluation, so the mean maps to ~0
+#: in both. (With plain BatchNorm and a fill of 0, a zeroed scan read as "dark everywhere",
+#: i.e. car: 0.2 % mIoU on real scans.) Intensities on another scale (e.g. 0-255) need their
 #: own mean here.
 REMISSION_FREE_VALUE = 0.3
 
