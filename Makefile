@@ -46,8 +46,11 @@ predict: $(STAMP)
 data: $(STAMP)
 	$(PY) scripts/make_synthetic_dataset.py --root $(DATA_ROOT)
 
+# One pytest-xdist worker per core (tests/conftest.py gives each worker its share of the
+# cores' threads); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -3,30 +3,21 @@ planted bad file (exit 1, each problem in the table) and over a clean root (exit
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from pcseg import PROJECT_ROOT
 from tests.bad_data import BAD_CASES, plant
+from tests.cli import CliResult, run_cli
 from tests.helpers import write_toy_dataset
 
 CASES = sorted(BAD_CASES)
 
 
-def run_check(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "COLUMNS": "400"}
-    return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "scripts" / "check_dataset.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def run_check(*args: str) -> CliResult:
+    """``python scripts/check_dataset.py <args>`` (in this process: tests/cli.py), a wide table."""
+    return run_cli("scripts/check_dataset.py", *args, env={"COLUMNS": "400"}, expect=None)
 
 
 def toy_root(root: Path) -> Path:

@@ -3,10 +3,7 @@ and the ``ckpt_path`` forms evaluate.py accepts (file, run folder, last)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +28,7 @@ from pcseg.checkpoint_loading import (
 from pcseg.checkpointing import AtomicCheckpointIO, CheckpointNotFoundError
 from pcseg.evaluate import evaluate
 from pcseg.train import train
+from tests.cli import run_cli
 from tests.helpers import write_toy_dataset
 from tests.test_train import SMALL_MODEL, compose_train, data_overrides
 
@@ -224,16 +222,7 @@ def test_evaluate_accepts_last_and_a_run_folder_and_explains_a_plain_folder(toy_
 
 @pytest.mark.slow
 def test_evaluate_help_lists_only_what_evaluate_accepts(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "evaluate.py"), "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("evaluate.py", "--help", cwd=tmp_path)
     assert "ckpt_path=<file.ckpt | run folder | last>" in proc.stdout
     assert "export_allow_skipped" in proc.stdout and "trusted_targets" in proc.stdout
     for refused in ("trainer: cpu", "gpu", "model: pccn", "Configuration groups"):

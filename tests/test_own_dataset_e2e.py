@@ -5,8 +5,6 @@ labelled .ply files of a made-up 5-class label set -> scripts/convert_dataset.py
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 
 from pcseg import PROJECT_ROOT
 from pcseg.data.io import read_labels
+from tests.cli import run_cli
 from tests.helpers import toy_scan, write_toy_dataset
 
 PYTHON = str(PROJECT_ROOT / ".venv" / "bin" / "python")
@@ -57,17 +56,7 @@ def _write_labelled_ply(path: Path, xyz: np.ndarray, remission: np.ndarray, labe
 
 
 def _run(script: str, *args: str, cwd: Path, expect: int = 0) -> str:
-    proc = subprocess.run(
-        [PYTHON, str(PROJECT_ROOT / script), *args],
-        cwd=cwd,
-        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == expect, f"{script} {' '.join(args)}\n{out[-6000:]}"
-    return out
+    return run_cli(script, *args, cwd=cwd, expect=expect).output
 
 
 @pytest.mark.slow

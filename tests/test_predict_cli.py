@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from pcseg.nn.pccn import PCCN
 from pcseg.ops import knn
 from pcseg.predict_files import predict
 from pcseg.train import train
+from tests.cli import run_cli
 from tests.helpers import write_toy_dataset
 
 SMALL_MODEL = [
@@ -205,22 +203,16 @@ def test_predict_cli_on_loose_files(toy_run, tmp_path):
     xyz, remission = read_scan(root / "sequences" / "01" / "velodyne" / "000000.bin")
     counts = _write_loose_files(tmp_path / "in", xyz, remission)
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "predict.py"),
-            f"ckpt_path={ckpt.parent.parent}",  # a run folder
-            f"input={tmp_path / 'in'}",
-            f"output={tmp_path / 'out'}",
-            "png=true",
-            "save_probs=true",
-            f"hydra.run.dir={run}",
-        ],
+    proc = run_cli(
+        "predict.py",
+        f"ckpt_path={ckpt.parent.parent}",  # a run folder
+        f"input={tmp_path / 'in'}",
+        f"output={tmp_path / 'out'}",
+        "png=true",
+        "save_probs=true",
+        f"hydra.run.dir={run}",
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        expect=None,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out  # one bad file: the others are predicted, the exit says so

@@ -259,7 +259,7 @@ def test_sigkill_mid_epoch_then_ckpt_path_last_resumes_the_run(tmp_path):
     """train.py is SIGKILLed in epoch 1 right after a step checkpoint; `train.py ckpt_path=last`
     finds that run's last.ckpt, continues in the same run folder from the saved step with the
     saved optimiser and schedule, and finishes."""
-    steps_per_epoch, every, epochs = 24, 4, 2
+    steps_per_epoch, every, epochs = 12, 4, 2
     root = write_toy_dataset(tmp_path / "toy", {0: steps_per_epoch, 1: 1}, points=1500)
     args = [
         *data_overrides(root),

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pcseg import PROJECT_ROOT
+from tests.cli import run_cli
 from tests.helpers import write_toy_dataset
 
 
@@ -19,30 +15,22 @@ def test_multirun_writes_one_folder_per_job_with_its_config_and_checkpoint(tmp_p
     root = write_toy_dataset(tmp_path / "toy", {0: 2, 1: 1}, points=1500)
     sweep_dir = tmp_path / "sweep"
     widths = (8, 12)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "train.py"),
-            "-m",
-            "data=semantickitti",
-            f"data.root={root}",
-            "data.sequences={train:[0],valid:[1],test:[1]}",
-            "data.voxel_size=0.1",
-            "debug=default",  # 2 training batches, 1 validation batch, 1 epoch, no workers
-            "model.net.depth=2",
-            "model.net.k=8",
-            "model.net.head_hidden=[16]",
-            "model.net.kernel_hidden=[8]",
-            f"model.net.width={','.join(map(str, widths))}",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
+    run_cli(
+        "train.py",
+        "-m",
+        "data=semantickitti",
+        f"data.root={root}",
+        "data.sequences={train:[0],valid:[1],test:[1]}",
+        "data.voxel_size=0.1",
+        "debug=default",  # 2 training batches, 1 validation batch, 1 epoch, no workers
+        "model.net.depth=2",
+        "model.net.k=8",
+        "model.net.head_hidden=[16]",
+        "model.net.kernel_hidden=[8]",
+        f"model.net.width={','.join(map(str, widths))}",
+        f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert (sweep_dir / "multirun.yaml").is_file()
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
     for job, width in enumerate(widths):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ from pcseg.data.features import feature_channels
 from pcseg.data.io import read_labels, read_scan
 from pcseg.lit_module import SegmentationModule
 from pcseg.train import train
+from tests.cli import CliResult, run_cli
 from tests.helpers import write_toy_dataset
 
 SMALL_MODEL = [
@@ -120,18 +118,9 @@ def test_one_step_lowers_loss_on_a_fixed_batch(toy_root, tmp_path):
     assert final < losses[0], (losses, final)
 
 
-def _run(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+def _run(script: str, args: list[str], cwd: Path) -> CliResult:
+    """``python <script> <args>`` as a user types it (in this process: tests/cli.py)."""
+    return run_cli(script, *args, cwd=cwd)
 
 
 @pytest.mark.slow

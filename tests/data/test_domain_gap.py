@@ -6,15 +6,12 @@ they fail if the gap comes back."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from pcseg import PROJECT_ROOT
 from pcseg.data.labels import load_label_map
 from pcseg.data.synthetic import LidarConfig, generate_dataset, simulate_sequence
 from pcseg.data.synthetic.gap import (
@@ -31,6 +28,7 @@ from pcseg.data.synthetic.gap import (
     shape_features,
     wasserstein1,
 )
+from tests.cli import run_cli
 
 REAL = os.environ.get("PCSEG_REAL_DATA")
 needs_real = pytest.mark.skipif(not REAL, reason="PCSEG_REAL_DATA is unset")
@@ -176,9 +174,8 @@ def test_domain_gap_script_writes_table_and_png(tmp_path):
         lidar=LidarConfig(n_beams=32, n_azimuth=1024),
     )
     out = tmp_path / "gap"
-    cmd = [sys.executable, str(PROJECT_ROOT / "scripts/domain_gap.py"), "--synthetic", str(root)]
-    cmd += ["--sequences", "0", "1", "--max-points", "3000", "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    args = ["--synthetic", str(root), "--sequences", "0", "1", "--max-points", "3000"]
+    res = run_cli("scripts/domain_gap.py", *args, "--out", str(out))
     md = (tmp_path / "gap.md").read_text()
     assert "largest gaps" in md and "| road |" in md and "Class-agnostic" in md
     assert (tmp_path / "gap.png").stat().st_size > 10_000

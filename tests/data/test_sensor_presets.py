@@ -4,8 +4,6 @@ a simulated scan's elevation range, dataset roots per sensor, specific errors.""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from pcseg.data.synthetic import (
     sensor_root,
     simulate_sequence,
 )
+from tests.cli import run_cli
 
 #: published layouts: beams, top and bottom elevation (deg), max range (m)
 PUBLISHED = {
@@ -101,10 +100,8 @@ def test_custom_yaml_and_its_errors(tmp_path):
 
 
 def test_cli_sensor_option(tmp_path):
-    script = PROJECT_ROOT / "scripts" / "make_synthetic_dataset.py"
-    cmd = [sys.executable, str(script), "--sensor", "nonexistent"]
-    bad = subprocess.run(cmd, capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown sensor" in bad.stderr
+    bad = run_cli("scripts/make_synthetic_dataset.py", "--sensor", "nonexistent", expect=2)
+    assert "unknown sensor" in bad.stderr
 
 
 def test_datamodule_sensor_selects_its_root():

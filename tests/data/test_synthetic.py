@@ -5,14 +5,11 @@ full-resolution scans check the HDL-64E numbers."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pcseg import PROJECT_ROOT
 from pcseg.data.io import read_labels, read_scan
 from pcseg.data.labels import load_label_map
 from pcseg.data.synthetic import (
@@ -34,6 +31,7 @@ from pcseg.data.synthetic import (
 )
 from pcseg.data.synthetic.scene import LayoutError
 from pcseg.data.synthetic.sequence import TR_VELO_TO_CAM
+from tests.cli import run_cli
 
 SMALL = LidarConfig(n_beams=16, n_azimuth=360)
 SMALL_SEQS = {0: 3, 2: 2}
@@ -253,44 +251,23 @@ def test_bad_arguments_raise_specific_errors(tmp_path):
 
 def test_cli_and_compare_script(tmp_path, small_root):
     root = tmp_path / "cli"
-    script = PROJECT_ROOT / "scripts" / "make_synthetic_dataset.py"
-    cmd = [
-        sys.executable,
-        str(script),
-        "--root",
-        str(root),
-        "--frames",
-        "1",
-        "--sequences",
-        "1",
-        "--eval-sequences",
-        "1",
-        "--quiet",
-        "--workers",
-        "1",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    args = ["--root", str(root), "--frames", "1", "--sequences", "1", "--eval-sequences", "1"]
+    args += ["--quiet", "--workers", "1"]
+    out = run_cli("scripts/make_synthetic_dataset.py", *args).stdout
     assert str(root) in out and (root / MARKER).is_file()
     assert "train [0], valid [1], test [2]" in out
     assert sorted(p.name for p in (root / "sequences").iterdir()) == ["00", "01", "02"]
-    bad = subprocess.run([*cmd[:2], "--frames", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--frames" in bad.stderr
+    bad = run_cli("scripts/make_synthetic_dataset.py", "--frames", "0", expect=2)
+    assert "--frames" in bad.stderr
     png = tmp_path / "cmp.png"
-    compare = PROJECT_ROOT / "scripts" / "compare_scans.py"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(compare),
-            "--synthetic",
-            str(small_root / "sequences/02/velodyne/000000.bin"),
-            "--real",
-            str(small_root / "sequences/00/velodyne/000000.bin"),
-            "--out",
-            str(png),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    res = run_cli(
+        "scripts/compare_scans.py",
+        "--synthetic",
+        str(small_root / "sequences/02/velodyne/000000.bin"),
+        "--real",
+        str(small_root / "sequences/00/velodyne/000000.bin"),
+        "--out",
+        str(png),
     )
     assert "range m" in res.stdout and png.stat().st_size > 10_000
 
