@@ -167,6 +167,7 @@ def shipped_compositions() -> list[tuple[str, list[str]]]:
     return out
 
 
+@pytest.mark.slow
 def test_every_target_in_the_shipped_configs_is_allowed(tmp_path):
     """Keeps TRUSTED_TARGETS in step with the configs: a new non-pcseg target fails here."""
     seen: set[str] = set()

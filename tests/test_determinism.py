@@ -56,6 +56,7 @@ def run(root: Path, out: Path, seed: int) -> tuple[list[dict[str, str]], dict[st
     return rows, load(out / "checkpoints" / "last.ckpt")["state_dict"]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_losses_metrics_and_weights(toy_root, tmp_path):
     rows_a, weights_a = run(toy_root, tmp_path / "a", seed=7)
     rows_b, weights_b = run(toy_root, tmp_path / "b", seed=7)
@@ -124,6 +125,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_network_gradients_are_bit_exact_with_two_threads():
     """PCCN and the encoder-decoder at default width (shallower) on one 4k-point cloud, in a
     process with two intra-op threads (a plain `python train.py` on a 2-core machine; with one

@@ -232,6 +232,7 @@ def test_predict_cli_on_loose_files(toy_run, tmp_path):
     assert len(summary["files"]) == 5 and summary["failed"][0]["path"].endswith("bad.bin")
 
 
+@pytest.mark.slow
 def test_evaluate_tta(toy_run, tmp_path):
     """evaluate.py tta=1 is the plain score exactly; tta=4 scores every labelled point too."""
     _, ckpt = toy_run

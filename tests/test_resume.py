@@ -205,6 +205,7 @@ def csv_logger(out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_an_epoch_equals_an_uninterrupted_run(toy_root, tmp_path):
     """2 epochs straight == epoch 1, stop, resume from last.ckpt for epoch 2: same weights,
     optimiser state, per-step losses, learning rates and val metrics, bit for bit (dropout and

@@ -66,6 +66,7 @@ def test_zeroed_remission_warns_once_naming_the_file(root):
         assert torch.all(r == REMISSION_FREE_VALUE) and item["meta"]["remission_missing"]
 
 
+@pytest.mark.slow
 def test_warns_once_per_file_across_worker_processes_and_epochs(root):
     """DataLoader workers re-created every epoch (persistent_workers=False) share the warned
     flags. A subprocess, so the workers' warnings reach a real stderr (pytest records the

@@ -65,6 +65,7 @@ def test_default_split_matches_sequences():
     assert set(DEFAULT_SPLIT) == {"train", "valid", "test"}
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(small_root, tmp_path):
     again = generate_dataset(
         tmp_path / "b", SMALL_SEQS, seed=3, progress=True, workers=2, lidar=SMALL
@@ -123,6 +124,7 @@ def test_every_scan_reads_back_and_maps(small_root):
     assert n == sum(SMALL_SEQS.values())
 
 
+@pytest.mark.slow
 def test_full_resolution_scans_look_like_hdl64(full_scans):
     cfg = LidarConfig()
     for layout, frames in full_scans.items():
@@ -249,6 +251,7 @@ def test_bad_arguments_raise_specific_errors(tmp_path):
     assert not (tmp_path / MARKER).exists()
 
 
+@pytest.mark.slow
 def test_cli_and_compare_script(tmp_path, small_root):
     root = tmp_path / "cli"
     args = ["--root", str(root), "--frames", "1", "--sequences", "1", "--eval-sequences", "1"]

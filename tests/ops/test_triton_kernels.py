@@ -166,6 +166,7 @@ def test_kernels_compile_for_a_gpu_without_one():
     assert res.stdout.count("ok sm_90") == 8, res.stdout
 
 
+@pytest.mark.slow
 def test_autotune_can_be_switched_off_for_test_runs():
     """PCSEG_TRITON_AUTOTUNE=0 (scripts/gpu_check.sh's test stage) keeps one config per kernel
     after pruning: a GPU test run compiles each variant once instead of ~10 times."""
