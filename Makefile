@@ -23,6 +23,7 @@ help:
 	@echo "make evaluate ARGS='ckpt_path=last'   - evaluate.py with .venv's Python"
 	@echo "make predict ARGS='ckpt_path=last input=scans/ output=out/'   - predict.py likewise"
 	@echo "make test    - set up .venv, run the test suite"
+	@echo "make test-fast - the same without the tests marked slow"
 	@echo "make data    - build the embedded synthetic dataset into $(DATA_ROOT)"
 	@echo "make lint    - ruff check + format check"
 
@@ -51,6 +52,10 @@ data: $(STAMP)
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# The same without the tests marked slow (over ~3 s each: whole training runs, subprocesses).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
