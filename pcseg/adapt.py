@@ -27,8 +27,9 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -40,7 +41,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader
 
 import pcseg.config  # noqa: F401  (registers the config resolvers)
-from pcseg.checkpoint_loading import CheckpointError, build_model, load_checkpoint
+from pcseg.checkpoint_loading import CheckpointError, LoadedRun, build_model, load_checkpoint
 from pcseg.checkpointing import LAST_CHECKPOINT, RandomState
 from pcseg.data.collate import collate_point_clouds
 from pcseg.data.labels import LabelMap
@@ -48,6 +49,9 @@ from pcseg.data.mixing import MixedDataset
 from pcseg.data.pseudo_labels import select_pseudo_labels, stage_scans, write_pseudo_labels
 from pcseg.structures import offset_to_lengths
 from pcseg.tta import tta_logits
+
+if TYPE_CHECKING:
+    from pcseg.lit_module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
@@ -335,76 +339,115 @@ def _loggers(cfg: DictConfig, out: Path) -> list[Any]:
     return loggers
 
 
-def adapt(cfg: DictConfig) -> dict[str, float]:
-    """Train on simulated scans (unless ``cfg.adapt.from_ckpt``), then self-train on the real
-    scans of ``cfg.adapt.root``; returns the metrics of both stages (``adapt/...`` keys for the
-    adaptation: simulated validation of the adapted model, final pseudo-label coverage).
+def _trusted_targets(acfg: DictConfig) -> list[str]:
+    """``adapt.trusted_targets`` as a list: the extra ``_target_`` names the source checkpoint
+    may carry (pcseg.checkpoint_loading allows only its allow-list otherwise)."""
+    return list(acfg.get("trusted_targets") or [])
 
-    The simulated data and the network come from the source checkpoint's stored config, so an
-    adapted checkpoint rebuilds exactly in ``evaluate.py``; trainer, callbacks, loggers and
-    paths are this run's.
-    """
-    acfg = cfg.adapt
-    out_dir = Path(cfg.paths.output_dir)
-    metrics: dict[str, float] = {}
-    if acfg.get("from_ckpt"):
-        source = Path(acfg.from_ckpt)
-    else:
-        from pcseg.train import train
 
-        metrics.update(train(_without_adapt(cfg)))
-        source = source_checkpoint(out_dir / "checkpoints")
-    # weights_only=True and only allow-listed _target_s (pcseg.checkpoint_loading)
-    run = load_checkpoint(source, trusted_targets=list(acfg.get("trusted_targets") or []))
-    run_cfg = run.config
-    log.info("Adapting %s to the real scans in %s", source, acfg.root)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-    start = time.perf_counter()
+def _sim_overrides(acfg: DictConfig) -> dict[str, Any]:
+    """Data overrides for the simulated scans to mix in: none (the checkpoint's own), or
+    ``adapt.sim_root`` (e.g. the copy a from_ckpt model was trained on, when the embedded
+    dataset has been regenerated since), read as it is, never regenerated."""
+    return {"root": str(acfg.sim_root), "generate": False} if acfg.get("sim_root") else {}
 
-    model = build_model(run, list(acfg.get("trusted_targets") or [])).train()
-    stored = OmegaConf.to_container(run_cfg, resolve=True)
-    # the simulated scans to mix in: the checkpoint's own, or adapt.sim_root (e.g. the copy a
-    # from_ckpt model was trained on, when the embedded dataset has been regenerated since)
-    sim_kw = {"root": str(acfg.sim_root), "generate": False} if acfg.get("sim_root") else {}
-    stored["data"].update(sim_kw)
+
+def _source_stage(cfg: DictConfig, out_dir: Path) -> tuple[Path, dict[str, float]]:
+    """The checkpoint to adapt and the simulated stage's metrics: ``adapt.from_ckpt`` as given
+    (nothing trained, no metrics), else train on the simulated scans first (``train()`` with
+    ``adapt.root`` cleared, so it does not recurse here) and take its best checkpoint."""
+    if cfg.adapt.get("from_ckpt"):
+        return Path(cfg.adapt.from_ckpt), {}
+    from pcseg.train import train
+
+    metrics = train(_without_adapt(cfg))
+    return source_checkpoint(out_dir / "checkpoints"), dict(metrics)
+
+
+def _fine_tuning_model(run: LoadedRun, acfg: DictConfig, source: Path) -> SegmentationModule:
+    """The source network in train mode, set up for fine-tuning: its stored run config gains
+    the simulated-data overrides and the ``adapt`` block (with ``source_ckpt``), so the adapted
+    checkpoint rebuilds exactly in ``evaluate.py``; the same optimiser at ``adapt.lr``, and a
+    fresh schedule."""
+    model = build_model(run, _trusted_targets(acfg)).train()
+    stored = OmegaConf.to_container(run.config, resolve=True)
+    stored["data"].update(_sim_overrides(acfg))
     stored["adapt"] = {**OmegaConf.to_container(acfg, resolve=True), "source_ckpt": str(source)}
     model.run_config = stored
-    # fine-tuning: the same optimiser at the adaptation's learning rate, a fresh schedule
-    model.optimizer_factory = instantiate(run_cfg.model.optimizer, lr=float(acfg.lr))
+    model.optimizer_factory = instantiate(run.config.model.optimizer, lr=float(acfg.lr))
+    return model
 
-    adapt_dir = out_dir / "adapt"
-    pseudo_root = adapt_dir / "pseudo"
+
+@dataclass(frozen=True)
+class _AdaptationData:
+    """The four datamodules of the adaptation, all built from the source checkpoint's data
+    config: the staged real scans read with the network's features (``real_predict``, for the
+    pseudo-labeller: no augmentation, no workers) and with raw features (``real_raw``, for the
+    mixer); the simulated scans as trained on (``sim``, validation) and with raw features and
+    no augmentation (``sim_raw``, for the mixer, which augments after mixing)."""
+
+    real_predict: Any
+    real_raw: Any
+    sim: Any
+    sim_raw: Any
+
+
+def _adaptation_data(run_cfg: DictConfig, acfg: DictConfig, pseudo_root: Path) -> _AdaptationData:
+    """Stage the real scans of ``adapt.root`` as links in ``pseudo_root`` (SemanticKITTI
+    layout, every staged sequence in every split, so the ordinary dataset code reads them and
+    their pseudo-labels) and build the datamodules over them and over the simulated scans."""
     staged = stage_scans(acfg.root, pseudo_root, acfg.get("sequences"))
     sequences = sorted({s.sequence for s in staged})
     split = {"train": sequences, "valid": sequences, "test": sequences}
-    features = list(run_cfg.data.features)
+    sim_kw = _sim_overrides(acfg)
     real_kw = {"root": str(pseudo_root), "sequences": split, "generate": False, "augment": None}
-    real_predict = instantiate(run_cfg.data, **real_kw, num_workers=0, persistent_workers=False)
-    real_raw = instantiate(run_cfg.data, **real_kw, features=list(RAW_FEATURES))
-    sim = instantiate(run_cfg.data, **sim_kw)
-    sim_raw = instantiate(run_cfg.data, **sim_kw, augment=None, features=list(RAW_FEATURES))
+    data = _AdaptationData(
+        real_predict=instantiate(run_cfg.data, **real_kw, num_workers=0, persistent_workers=False),
+        real_raw=instantiate(run_cfg.data, **real_kw, features=list(RAW_FEATURES)),
+        sim=instantiate(run_cfg.data, **sim_kw),
+        sim_raw=instantiate(run_cfg.data, **sim_kw, augment=None, features=list(RAW_FEATURES)),
+    )
     log.info("adapt: %d real scans staged in %s", len(staged), pseudo_root)
+    return data
 
-    labeller = PseudoLabeller(
-        real_predict.dataset("test"),
-        pseudo_root,
+
+def _pseudo_labeller(
+    data: _AdaptationData,
+    model: SegmentationModule,
+    run_cfg: DictConfig,
+    acfg: DictConfig,
+    adapt_dir: Path,
+) -> PseudoLabeller:
+    """The PseudoLabeller over the staged real scans (their test split, the network's
+    features), with ``adapt``'s selection and TTA settings; labels go beside the staged scans
+    in ``<adapt_dir>/pseudo``, the round statistics to ``<adapt_dir>/rounds.json``."""
+    return PseudoLabeller(
+        data.real_predict.dataset("test"),
+        adapt_dir / "pseudo",
         model.label_map,
-        features,
+        list(run_cfg.data.features),
         keep_fraction=float(acfg.keep_fraction),
         max_threshold=float(acfg.max_threshold),
         min_confidence=float(acfg.min_confidence),
         tta=int(acfg.tta),
         history=adapt_dir / "rounds.json",
     )
-    labeller.refresh(model, 0, progress=Console().is_terminal)
 
-    datamodule = AdaptDataModule(
-        sim,
-        sim_raw,
-        real_raw,
+
+def _adapt_datamodule(
+    cfg: DictConfig, run_cfg: DictConfig, data: _AdaptationData, model: SegmentationModule
+) -> AdaptDataModule:
+    """Training on the mixed simulated + pseudo-labelled real scans (``adapt.mix`` and its
+    settings; the source run's augmentation, applied after mixing; ``adapt.samples_per_epoch``
+    samples, None: as many as simulated training scans), validation on simulated scans. The
+    batch size is the source run's, the workers this run's."""
+    acfg = cfg.adapt
+    return AdaptDataModule(
+        data.sim,
+        data.sim_raw,
+        data.real_raw,
         mixed={
-            "features": features,
+            "features": list(run_cfg.data.features),
             "length": acfg.get("samples_per_epoch"),
             "augment": instantiate(run_cfg.data.augment) if run_cfg.data.get("augment") else None,
             "mode": str(acfg.mix),
@@ -417,10 +460,19 @@ def adapt(cfg: DictConfig) -> dict[str, float]:
         batch_size=int(run_cfg.data.batch_size),
         num_workers=int(cfg.data.num_workers),
     )
+
+
+def _adaptation_trainer(
+    cfg: DictConfig, labeller: PseudoLabeller, adapt_dir: Path, validate: bool
+) -> pl.Trainer:
+    """This run's trainer for ``adapt.rounds`` rounds of ``adapt.epochs_per_round`` epochs in
+    one fit: simulated validation after every round (none when not ``validate``), no
+    Lightning checkpointing (:class:`PseudoLabelRounds` refreshes the pseudo-labels and keeps
+    each round's weights in ``<adapt_dir>/checkpoints``), logs under ``adapt_dir``."""
+    acfg = cfg.adapt
     epochs = int(acfg.epochs_per_round)
-    validate = bool(acfg.get("validate", True))
     rounds = PseudoLabelRounds(labeller, epochs, adapt_dir / "checkpoints")
-    trainer: pl.Trainer = instantiate(
+    return instantiate(
         cfg.trainer,
         max_epochs=int(acfg.rounds) * epochs,
         min_epochs=1,
@@ -431,19 +483,66 @@ def adapt(cfg: DictConfig) -> dict[str, float]:
         callbacks=[*_callbacks(cfg), rounds],
         logger=_loggers(cfg, adapt_dir) or False,
     )
-    trainer.fit(model, datamodule=datamodule, weights_only=True)
-    adapted = out_dir / "checkpoints" / ADAPTED_CHECKPOINT
-    trainer.save_checkpoint(adapted, weights_only=False)
-    seconds = time.perf_counter() - start
-    metrics.update({f"adapt/{k}": float(v) for k, v in trainer.callback_metrics.items()})
-    last = labeller.history[-1]
-    metrics["adapt/pseudo_coverage"] = last["coverage"]
+
+
+def _adaptation_metrics(
+    trainer: pl.Trainer,
+    model: SegmentationModule,
+    labeller: PseudoLabeller,
+    sim: Any,
+    adapt_dir: Path,
+    seconds: float,
+    validate: bool,
+) -> dict[str, float]:
+    """``adapt/...`` metrics of the fit: the trainer's last logged metrics, the last round's
+    pseudo-label coverage, the time and, when it validated (not under fast_dev_run), the
+    adapted model scored on every point of the simulated validation scans (``report_best``,
+    which also writes its report under ``adapt_dir``)."""
+    metrics = {f"adapt/{k}": float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["adapt/pseudo_coverage"] = labeller.history[-1]["coverage"]
     metrics["adapt/seconds"] = seconds
     if validate and model.last_result is not None and not trainer.fast_dev_run:
         from pcseg.train import report_best
 
         full = report_best(model, sim, "", adapt_dir, trainer.is_global_zero)
         metrics.update({f"adapt/{k}": v for k, v in full.items()})
+    return metrics
+
+
+def adapt(cfg: DictConfig) -> dict[str, float]:
+    """Train on simulated scans (unless ``cfg.adapt.from_ckpt``), then self-train on the real
+    scans of ``cfg.adapt.root``; returns the metrics of both stages (``adapt/...`` keys for the
+    adaptation: simulated validation of the adapted model, final pseudo-label coverage).
+
+    The simulated data and the network come from the source checkpoint's stored config, so an
+    adapted checkpoint rebuilds exactly in ``evaluate.py``; trainer, callbacks, loggers and
+    paths are this run's.
+    """
+    acfg = cfg.adapt
+    out_dir = Path(cfg.paths.output_dir)
+    adapt_dir = out_dir / "adapt"
+    validate = bool(acfg.get("validate", True))
+    source, metrics = _source_stage(cfg, out_dir)
+    # weights_only=True and only allow-listed _target_s (pcseg.checkpoint_loading)
+    run = load_checkpoint(source, trusted_targets=_trusted_targets(acfg))
+    log.info("Adapting %s to the real scans in %s", source, acfg.root)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+
+    model = _fine_tuning_model(run, acfg, source)
+    data = _adaptation_data(run.config, acfg, adapt_dir / "pseudo")
+    labeller = _pseudo_labeller(data, model, run.config, acfg, adapt_dir)
+    labeller.refresh(model, 0, progress=Console().is_terminal)
+    datamodule = _adapt_datamodule(cfg, run.config, data, model)
+    trainer = _adaptation_trainer(cfg, labeller, adapt_dir, validate)
+    trainer.fit(model, datamodule=datamodule, weights_only=True)
+    adapted = out_dir / "checkpoints" / ADAPTED_CHECKPOINT
+    trainer.save_checkpoint(adapted, weights_only=False)
+    seconds = time.perf_counter() - start
+    metrics.update(
+        _adaptation_metrics(trainer, model, labeller, data.sim, adapt_dir, seconds, validate)
+    )
     log.info(
         "adapted checkpoint (last round, %d rounds, %.0f s): %s  evaluate it: python evaluate.py "
         "ckpt_path=%s data.root=<real root>",

@@ -46,7 +46,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
 
 DEFAULT_SCAN = "/work/shared/data/semantickitti"
 SCAN_REL = "sequences/00/velodyne/000000.bin"
@@ -108,6 +115,43 @@ def _mlp(hidden: tuple[int, ...], emit: int):
     return nn.Sequential(*layers)
 
 
+def _build_open3d(
+    pos: torch.Tensor, idx: torch.Tensor, dist2: torch.Tensor, channels: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.nn.Parameter]]:
+    """open3d's ContinuousConv fed the same K neighbours (user_neighbors_index, CSR row
+    splits), each point's filter extent 2 x its K-th neighbour distance (x 1.001), so every
+    neighbour lies inside its filter; the forward closure and the parameters."""
+    import open3d.ml.torch as ml3d
+    import torch
+
+    n = len(idx)
+    conv = ml3d.layers.ContinuousConv(
+        in_channels=channels,
+        filters=channels,
+        kernel_size=[4, 4, 4],
+        activation=None,
+        use_bias=False,
+        normalize=True,
+    )
+    valid = idx >= 0
+    nbr = idx[valid].to(torch.int32)
+    splits = torch.zeros(n + 1, dtype=torch.int64)
+    splits[1:] = torch.cumsum(valid.sum(1), 0)
+    radius = torch.where(valid, dist2, torch.zeros_like(dist2)).clamp(min=0).amax(1).sqrt()
+    extents = (2.0 * radius * 1.001).clamp(min=1e-3)
+    return (
+        lambda feat: conv(
+            feat,
+            pos,
+            pos,
+            extents=extents,
+            user_neighbors_index=nbr,
+            user_neighbors_row_splits=splits,
+        ),
+        list(conv.parameters()),
+    )
+
+
 def _build(method: str, pos, idx, dist2, channels: int, hidden: tuple[int, ...]):
     """A closure running the method's forward, and its parameters."""
     import torch
@@ -145,33 +189,7 @@ def _build(method: str, pos, idx, dist2, channels: int, hidden: tuple[int, ...])
         edge_attr = pos[target] - pos[source]  # z = query_i - support_j
         return (lambda feat: conv(feat, edge_index, edge_attr)), list(conv.parameters())
     if method == "open3d":
-        import open3d.ml.torch as ml3d
-
-        conv = ml3d.layers.ContinuousConv(
-            in_channels=channels,
-            filters=channels,
-            kernel_size=[4, 4, 4],
-            activation=None,
-            use_bias=False,
-            normalize=True,
-        )
-        valid = idx >= 0
-        nbr = idx[valid].to(torch.int32)
-        splits = torch.zeros(n + 1, dtype=torch.int64)
-        splits[1:] = torch.cumsum(valid.sum(1), 0)
-        radius = torch.where(valid, dist2, torch.zeros_like(dist2)).clamp(min=0).amax(1).sqrt()
-        extents = (2.0 * radius * 1.001).clamp(min=1e-3)
-        return (
-            lambda feat: conv(
-                feat,
-                pos,
-                pos,
-                extents=extents,
-                user_neighbors_index=nbr,
-                user_neighbors_row_splits=splits,
-            ),
-            list(conv.parameters()),
-        )
+        return _build_open3d(pos, idx, dist2, channels)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -330,7 +348,9 @@ def _fmt_ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.1f}x" if a and b else "-"
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: the driver's options, plus the hidden ``--worker`` ones with which the
+    driver runs each case in a fresh subprocess of this script."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20000,real", help="comma list: N (crop) or 'real'")
     parser.add_argument("--channels", type=int, default=64, help="C_in = C_out")
@@ -353,23 +373,13 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker and args.method == "network":
-        print(json.dumps(run_network_worker()))
-        return
-    if args.network:
-        network_main(args.timeout * 4)
-        return
-    if args.worker:
-        args.hidden = args.hidden[0] if isinstance(args.hidden, list) else args.hidden
-        print(json.dumps(run_worker(args)))
-        return
+    return parser
 
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
 
-    console = Console(width=max(Console().width, 140))
+def _plan_cases(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The (size, hidden, method) cases to run, and a line per case left out: the naive forms
+    (they hold the M x K x C_in x C_out kernel tensor) above ``--naive-max`` points, under
+    ``--skip-naive``, or when their estimated memory exceeds 80 % of MemAvailable."""
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     methods = [m for m in args.methods.split(",") if m]
     cases, skipped = [], []
@@ -388,6 +398,16 @@ def main() -> None:
                         skipped.append(f"{method} at N={size}: needs ~{need:.0f} MB, not available")
                         continue
                 cases.append((size, hidden, method))
+    return cases, skipped
+
+
+def _run_cases(
+    cases: list[tuple[str, str, str]], args: argparse.Namespace, console: Console
+) -> list[dict[str, Any]]:
+    """Run the cases one after the other, each in a fresh subprocess (:func:`run_case`: one
+    case's allocations cannot hide or inflate another's), under a transient progress bar; one
+    row per case: its size, hidden and method, and the worker's result or an ``error``."""
+    from rich.progress import Progress
 
     rows: list[dict[str, Any]] = []
     with Progress(console=console, transient=True) as progress:
@@ -397,6 +417,42 @@ def main() -> None:
             res = run_case(size, hidden, method, args)
             rows.append({"size": size, "hidden": hidden, "method": method, **res})
             progress.advance(task)
+    return rows
+
+
+def _measured(r: dict[str, Any] | None, phase: str, key: str) -> float | None:
+    """``r[phase][key]`` of a row, or None for a missing or failed row."""
+    return r[phase][key] if r and "error" not in r else None
+
+
+def _table_cells(row: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """A measured row's cells: times and peaks, its ratios against the nnconv and open3d rows
+    of the same size and kernel_hidden (peers; '-' where the peer is missing or failed)."""
+    peers = {
+        r["method"]: r for r in rows if (r["size"], r["hidden"]) == (row["size"], row["hidden"])
+    }
+    fb = _measured(row, "fwd_bwd", "min_s")
+    return [
+        str(row["n"]),
+        row["hidden"],
+        row["method"],
+        f"{row['fwd']['min_s'] * 1e3:.0f} ({row['fwd']['median_s'] * 1e3:.0f})",
+        f"{fb * 1e3:.0f} ({row['fwd_bwd']['median_s'] * 1e3:.0f})",
+        f"{row['fwd']['peak_mb']:.0f}",
+        f"{row['fwd_bwd']['peak_mb']:.0f}",
+        _fmt_ratio(_measured(peers.get("nnconv"), "fwd_bwd", "min_s"), fb),
+        _fmt_ratio(
+            _measured(peers.get("nnconv"), "fwd_bwd", "peak_mb"),
+            _measured(row, "fwd_bwd", "peak_mb"),
+        ),
+        _fmt_ratio(_measured(peers.get("open3d"), "fwd_bwd", "min_s"), fb),
+        f"{row['load']:.1f}",
+    ]
+
+
+def _results_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> Table:
+    """The layer table: a row per case (a failed case shows its error in the time column)."""
+    from rich.table import Table
 
     table = Table(
         title=f"ContinuousConv layer, C_in = C_out = {args.channels}, K = {args.k}, "
@@ -417,51 +473,59 @@ def main() -> None:
     ):
         table.add_column(col, justify="left" if col in ("N", "hidden", "method") else "right")
     for row in rows:
-        peers = {
-            r["method"]: r for r in rows if (r["size"], r["hidden"]) == (row["size"], row["hidden"])
-        }
-
-        def get(r: dict[str, Any] | None, phase: str, key: str) -> float | None:
-            return r[phase][key] if r and "error" not in r else None
-
         if "error" in row:
             table.add_row(row["size"], row["hidden"], row["method"], row["error"], *[""] * 7)
-            continue
-        fb = get(row, "fwd_bwd", "min_s")
-        table.add_row(
-            str(row["n"]),
-            row["hidden"],
-            row["method"],
-            f"{row['fwd']['min_s'] * 1e3:.0f} ({row['fwd']['median_s'] * 1e3:.0f})",
-            f"{fb * 1e3:.0f} ({row['fwd_bwd']['median_s'] * 1e3:.0f})",
-            f"{row['fwd']['peak_mb']:.0f}",
-            f"{row['fwd_bwd']['peak_mb']:.0f}",
-            _fmt_ratio(get(peers.get("nnconv"), "fwd_bwd", "min_s"), fb),
-            _fmt_ratio(
-                get(peers.get("nnconv"), "fwd_bwd", "peak_mb"), get(row, "fwd_bwd", "peak_mb")
-            ),
-            _fmt_ratio(get(peers.get("open3d"), "fwd_bwd", "min_s"), fb),
-            f"{row['load']:.1f}",
+        else:
+            table.add_row(*_table_cells(row, rows))
+    return table
+
+
+def _knn_section(k: int, console: Console) -> list[dict[str, Any]] | None:
+    """Print the KNN table of scripts/bench_knn.py at this K and return its rows; None (with a
+    note) when that script cannot be imported."""
+    from rich.progress import Progress
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from bench_knn import knn_table, run_knn_benchmark
+    except ImportError as exc:
+        console.print(
+            f"[yellow]KNN section skipped[/yellow]: scripts/bench_knn.py not usable ({exc})"
         )
+        return None
+    with Progress(console=console, transient=True) as progress:
+        knn_rows = run_knn_benchmark(k=k, progress=progress)
+    console.print(knn_table(knn_rows))
+    return knn_rows
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.worker and args.method == "network":
+        print(json.dumps(run_network_worker()))
+        return
+    if args.network:
+        network_main(args.timeout * 4)
+        return
+    if args.worker:
+        args.hidden = args.hidden[0] if isinstance(args.hidden, list) else args.hidden
+        print(json.dumps(run_worker(args)))
+        return
+
+    from rich.console import Console
+
+    console = Console(width=max(Console().width, 140))
+    cases, skipped = _plan_cases(args)
+    rows = _run_cases(cases, args, console)
     notes = sorted({r["note"] for r in rows if "note" in r})
     threads = sorted({r["threads"] for r in rows if "threads" in r})
-    console.print(table)
+    console.print(_results_table(rows, args))
     console.print(f"data: {'; '.join(notes)}; torch threads: {threads}")
     for line in skipped:
         console.print(f"[yellow]skipped[/yellow] {line}")
-
     if not args.skip_knn:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        try:
-            from bench_knn import knn_table, run_knn_benchmark
-        except ImportError as exc:
-            console.print(
-                f"[yellow]KNN section skipped[/yellow]: scripts/bench_knn.py not usable ({exc})"
-            )
-        else:
-            with Progress(console=console, transient=True) as progress:
-                knn_rows = run_knn_benchmark(k=args.k, progress=progress)
-            console.print(knn_table(knn_rows))
+        knn_rows = _knn_section(args.k, console)
+        if knn_rows is not None:
             rows.append({"knn": knn_rows})
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

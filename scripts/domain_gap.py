@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pcseg import PROJECT_ROOT
-from pcseg.data.labels import load_label_map
+from pcseg.data.labels import LabelMap, load_label_map
 from pcseg.data.synthetic import DEFAULT_SPLIT, ensure_dataset
 from pcseg.data.synthetic.gap import (
     OBJECT_STAT,
@@ -168,7 +168,8 @@ def figure(
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line; ``--real`` defaults to $PCSEG_REAL_DATA (None when unset)."""
     real_env = os.environ.get("PCSEG_REAL_DATA")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--synthetic", type=Path, default=PROJECT_ROOT / "data/synthetic_kitti")
@@ -195,16 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         default=PROJECT_ROOT / "docs/domain_gap",
         help="writes OUT.md and OUT.png",
     )
-    args = p.parse_args(argv)
-    if args.real is None:
-        p.error("--real not given and $PCSEG_REAL_DATA is unset")
-    if not (args.real / "sequences").is_dir():
-        p.error(f"{args.real}: no sequences/ folder (not a SemanticKITTI-layout root)")
-    unlabeled = args.unlabeled or args.real.parent / "kitti_unlabeled"
-    if args.synthetic.resolve() == (PROJECT_ROOT / "data/synthetic_kitti").resolve():
-        ensure_dataset(args.synthetic)
-    lm = load_label_map()
-    start = time.perf_counter()
+    return p
+
+
+def _labelled_sets(
+    p: argparse.ArgumentParser, args: argparse.Namespace, lm: LabelMap
+) -> dict[str, ScanSet]:
+    """The labelled scan sets, ``simulated`` (``--sequences`` of ``--synthetic``) and ``real``
+    (every sequence of ``--real``), at most ``--max-scans`` each; a usage error (exit 2) when
+    either has no scan."""
     sets: dict[str, ScanSet] = {}
     for name, root, seqs in (
         ("simulated", args.synthetic, args.sequences),
@@ -214,24 +214,33 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             p.error(f"{root}: no .bin scans found")
         sets[name] = load_scan_set(name, files, lm, max_points=args.max_points)
-    gaps = compare(
-        sets["simulated"], sets["real"], lm.class_names, reference_shares=content_shares(lm)
-    )
+    return sets
+
+
+def _class_agnostic(
+    sets: dict[str, ScanSet], unlabeled: Path, lm: LabelMap, args: argparse.Namespace
+) -> list[tuple[str, list[Gap]]]:
+    """The 'all points' gaps of the simulated and of the labelled real scans to the unlabelled
+    KITTI scans (labels unused): real-vs-real is the floor a simulator can hope for. Empty
+    when ``unlabeled`` is not a folder of scans."""
+    files = scans_of(unlabeled, None, args.max_scans) if unlabeled.is_dir() else []
+    if not files:
+        return []
+    unl = load_scan_set("unlabeled", files, None, max_points=args.max_points)
     agnostic: list[tuple[str, list[Gap]]] = []
-    if unlabeled.is_dir() and scans_of(unlabeled, None, args.max_scans):
-        unl = load_scan_set(
-            "unlabeled", scans_of(unlabeled, None, args.max_scans), None, max_points=args.max_points
+    for name in ("simulated", "real"):
+        label = "real (labelled)" if name == "real" else name
+        agnostic.append(
+            (label, [g for g in compare(sets[name], unl, lm.class_names) if g.cls == "all points"])
         )
-        for name in ("simulated", "real"):
-            label = "real (labelled)" if name == "real" else name
-            agnostic.append(
-                (
-                    label,
-                    [g for g in compare(sets[name], unl, lm.class_names) if g.cls == "all points"],
-                )
-            )
-    elapsed = time.perf_counter() - start
-    info = (
+    return agnostic
+
+
+def _info(
+    args: argparse.Namespace, sets: dict[str, ScanSet], unlabeled: Path, elapsed: float
+) -> str:
+    """The report's opening paragraph: what was compared, how, and how far to trust it."""
+    return (
         f"Simulated: {sets['simulated'].scans} scans of `{args.synthetic.name}` "
         f"(sequences {args.sequences[0]}-{args.sequences[-1]}); real: {sets['real'].scans} labelled "
         f"SemanticKITTI scans; unlabelled: {unlabeled.name}. {args.max_points} points sampled per "
@@ -243,6 +252,26 @@ def main(argv: list[str] | None = None) -> int:
         "(five more KITTI scans, other streets) are the robust part. Rare classes are "
         "over-represented on purpose (every validation scene shows all 19 classes)."
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.real is None:
+        p.error("--real not given and $PCSEG_REAL_DATA is unset")
+    if not (args.real / "sequences").is_dir():
+        p.error(f"{args.real}: no sequences/ folder (not a SemanticKITTI-layout root)")
+    unlabeled = args.unlabeled or args.real.parent / "kitti_unlabeled"
+    if args.synthetic.resolve() == (PROJECT_ROOT / "data/synthetic_kitti").resolve():
+        ensure_dataset(args.synthetic)
+    lm = load_label_map()
+    start = time.perf_counter()
+    sets = _labelled_sets(p, args, lm)
+    gaps = compare(
+        sets["simulated"], sets["real"], lm.class_names, reference_shares=content_shares(lm)
+    )
+    agnostic = _class_agnostic(sets, unlabeled, lm, args)
+    info = _info(args, sets, unlabeled, time.perf_counter() - start)
     md = markdown(gaps, agnostic, lm.class_names, info, args.top)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(md)
