@@ -6,8 +6,8 @@ the first line of ours runs, and the CLI tests start dozens of them. In-process,
 ``__main__`` block runs with the same ``sys.argv``, so Hydra parses the same command line, composes
 the same configs and exits with the same status; what it prints to ``sys.stdout``/``sys.stderr``
 is captured. What a process leaves behind in the interpreter (the environment, the root logger's
-handlers, signal handlers, torch's global switches, the Hydra singleton, run-folder locks) is restored afterwards,
-so one test's run cannot change the next.
+handlers, signal handlers, torch's global switches, the random generators, the Hydra singleton,
+run-folder locks) is restored afterwards, so one test's run cannot change the next.
 
 Tests that are about processes themselves (a kill mid-epoch, two processes holding one run
 folder, DDP workers, the exit of a fresh interpreter) keep ``subprocess``.
@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import os
+import random
 import runpy
 import signal
 import sys
@@ -27,6 +28,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pcseg import PROJECT_ROOT
@@ -72,6 +74,8 @@ def _restored_process_state(cwd: Path | None):
     deterministic = torch.are_deterministic_algorithms_enabled()
     matmul = torch.get_float32_matmul_precision()
     locks = set(run_lock._held)
+    # the global generators pl.seed_everything seeds (numpy's legacy one included)
+    rng = random.getstate(), np.random.get_state(), torch.get_rng_state()  # noqa: NPY002
     GlobalHydra.instance().clear()
     try:
         with warnings.catch_warnings():
@@ -96,6 +100,9 @@ def _restored_process_state(cwd: Path | None):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         torch.set_float32_matmul_precision(matmul)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])  # noqa: NPY002
+        torch.set_rng_state(rng[2])
         sys.argv = argv
         os.environ.clear()
         os.environ.update(environ)
