@@ -48,14 +48,15 @@ data: $(STAMP)
 	$(PY) scripts/make_synthetic_dataset.py --root $(DATA_ROOT)
 
 # One pytest-xdist worker per core (tests/conftest.py gives each worker its share of the
-# cores' threads); TEST_WORKERS=0 runs it in one process.
+# cores' threads); TEST_WORKERS=0 runs it in one process. --dist loadgroup: tests marked with
+# one xdist_group (the torch.compile ones) run on one worker, sharing its compiled graphs.
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The same without the tests marked slow (over ~3 s each: whole training runs, subprocesses).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -101,6 +101,9 @@ class PseudoLabeller:
             :func:`~pcseg.data.pseudo_labels.select_pseudo_labels`.
         tta: views averaged per prediction (1: the plain pass).
         history: where every round's statistics are written (JSON list).
+        max_share: (C,) optional cap on each class's share of all voxels (``adapt.prior_slack``
+            x the label yaml's class frequencies); see
+            :func:`~pcseg.data.pseudo_labels.class_thresholds`.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class PseudoLabeller:
         min_confidence: float,
         tta: int,
         history: Path,
+        max_share: np.ndarray | None = None,
     ) -> None:
         self.dataset = dataset
         self.out_root = Path(out_root)
@@ -123,6 +127,7 @@ class PseudoLabeller:
         self.max_threshold = max_threshold
         self.min_confidence = min_confidence
         self.tta = tta
+        self.max_share = max_share
         self.history_path = history
         self.history: list[dict[str, Any]] = []
 
@@ -166,6 +171,7 @@ class PseudoLabeller:
             self.max_threshold,
             self.min_confidence,
             self.label_map.ignore_index,
+            self.max_share,
         )
         start_row = 0
         for meta, prob, inverse in scans:
@@ -431,7 +437,22 @@ def _pseudo_labeller(
         min_confidence=float(acfg.min_confidence),
         tta=int(acfg.tta),
         history=adapt_dir / "rounds.json",
+        max_share=_prior_caps(model.label_map, acfg.get("prior_slack")),
     )
+
+
+def _prior_caps(label_map: LabelMap, slack: float | None) -> np.ndarray | None:
+    """``adapt.prior_slack`` x each class's share of points in the label yaml's ``content``:
+    the most of all voxels a class may hold as pseudo-labels (None: no cap). Needs ``content``."""
+    if slack is None:
+        return None
+    shares = label_map.class_shares()
+    if not shares.any():
+        raise ValueError(
+            f"{label_map.path}: adapt.prior_slack needs class frequencies ('content') in the "
+            "label yaml; set adapt.prior_slack=null or add them"
+        )
+    return float(slack) * shares
 
 
 def _adapt_datamodule(

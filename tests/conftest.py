@@ -38,4 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    # inductor compiles in this process instead of starting a pool of compile workers, which
+    # would compete with the other test workers for the same cores
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(threads))
     torch.set_num_threads(threads)

@@ -59,6 +59,54 @@ def test_thresholds_are_per_class_quantiles():
         class_thresholds(conf, pred, 4, keep_fraction=0.0)
 
 
+def _capped_reference(conf, pred, base, share):
+    """Plain loop: per class, the points at or above its base threshold, most confident first,
+    truncated to floor(share * V) (ties with the last kept one kept too)."""
+    keep = np.zeros(conf.shape[0], dtype=bool)
+    for c in np.unique(pred):
+        if not np.isfinite(base[c]):
+            continue
+        idx = [i for i in range(conf.shape[0]) if pred[i] == c and conf[i] >= base[c]]
+        idx.sort(key=lambda i: -conf[i])
+        allowed = int(np.floor(share[c] * conf.shape[0]))
+        if len(idx) > allowed:
+            last = conf[idx[allowed - 1]] if allowed > 0 else np.inf
+            idx = [i for i in idx if conf[i] >= last]
+        keep[idx] = True
+    return keep
+
+
+def test_share_caps_keep_the_most_confident_up_to_the_prior():
+    rng = np.random.default_rng(3)
+    # class 1 over-predicted and sure (the source model's car on real scans), 2 and 3 not
+    pred = rng.choice([1, 2, 3], size=3000, p=[0.6, 0.3, 0.1])
+    conf = np.where(pred == 1, rng.uniform(0.9, 1.0, 3000), rng.uniform(0.3, 0.95, 3000))
+    share = np.array([0.0, 0.1, 0.5, 0.0])  # class 3: no label at all
+    kwargs = {"keep_fraction": 0.5, "max_threshold": 0.9, "ignore_index": 0}
+    base = class_thresholds(conf, pred, 4, **kwargs)
+    capped = class_thresholds(conf, pred, 4, **kwargs, max_share=share)
+    keep = conf >= capped[pred]
+    assert (keep == _capped_reference(conf, pred, base, share)).all()
+    assert (keep & (pred == 1)).sum() == 300  # 10 % of all 3000, not the 1800 max_threshold keeps
+    assert capped[2] == base[2]  # a cap above what the base keeps changes nothing
+    assert np.isinf(capped[3]) and not (keep & (pred == 3)).any()
+    result = select_pseudo_labels(_probs(pred, conf, 4), max_share=share, **kwargs)
+    assert (result.label == 1).sum() == 300 and not (result.label == 3).any()
+    with pytest.raises(ValueError, match="max_share has shape"):
+        class_thresholds(conf, pred, 4, **kwargs, max_share=share[:3])
+
+
+def test_class_shares_fold_the_yaml_content_through_the_learning_map():
+    lm = load_label_map()
+    shares = lm.class_shares()
+    assert shares.shape == (lm.num_classes,) and shares[lm.ignore_index] == 0.0
+    assert shares.sum() == pytest.approx(1.0)
+    learned = {raw: r for raw, r in lm.content.items() if lm.learning_map[raw] != 0}
+    car = sum(r for raw, r in learned.items() if lm.learning_map[raw] == 1)
+    assert shares[1] == pytest.approx(car / sum(learned.values()))
+    assert shares[lm.class_names.index("road")] > 0.1 > shares[lm.class_names.index("bicycle")]
+
+
 def test_pseudo_labels_keep_every_predicted_class():
     rng = np.random.default_rng(1)
     num_classes = 5
@@ -290,6 +338,7 @@ def test_adapt_from_checkpoint_skips_simulated_training(adapted_run, real_folder
             "adapt.tta=1",
             "adapt.mix=lasermix",
             "adapt.validate=false",
+            "adapt.prior_slack=1.5",
         ],
         tmp_path / "second",
     )
@@ -297,3 +346,9 @@ def test_adapt_from_checkpoint_skips_simulated_training(adapted_run, real_folder
     assert "adapt/val_full/miou" not in metrics and "adapt/val/miou" not in metrics
     assert not (tmp_path / "second" / "checkpoints" / "last.ckpt").exists()
     assert (tmp_path / "second" / "checkpoints" / ADAPTED_CHECKPOINT).is_file()
+    # the class-frequency prior capped every class at 1.5 x its SemanticKITTI share of voxels
+    (first,) = json.loads((tmp_path / "second" / "adapt" / "rounds.json").read_text())
+    lm = load_label_map()
+    shares = dict(zip(lm.class_names, lm.class_shares(), strict=True))
+    for name, c in first["classes"].items():
+        assert c["kept"] <= np.floor(1.5 * shares[name] * first["voxels"]) + 1, name

@@ -135,6 +135,7 @@ def test_model_compile_key_composes_and_marks_the_parts(toy_root, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("inductor")  # one worker: the second reuses the first's compiled graphs
 @pytest.mark.parametrize("impl", ["fused", "primitives"])
 def test_compiled_network_matches_eager(toy_root, tmp_path, impl):
     """torch.compile (inductor, C++ on CPU: ~10 s per graph) gives the eager numbers, forward

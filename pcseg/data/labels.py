@@ -53,6 +53,19 @@ class LabelMap:
         ignored = [k for k, v in self.learning_ignore.items() if v]
         return ignored[0] if ignored else -100
 
+    def class_shares(self) -> np.ndarray:
+        """(num_classes,) float64: each training class's share of the labelled points, from the
+        yaml's ``content`` (raw-id frequencies over the whole dataset) folded through
+        ``learning_map``; the ignored class gets 0 and the rest sums to 1 (all zeros when the
+        yaml has no ``content``). A prior for what real scans hold, e.g. to cap pseudo-labels."""
+        shares = np.zeros(self.num_classes)
+        for raw, ratio in self.content.items():
+            train = self.learning_map.get(raw)
+            if train is not None and train != self.ignore_index:
+                shares[train] += ratio
+        total = shares.sum()
+        return shares / total if total > 0 else shares
+
     @property
     def class_names(self) -> list[str]:
         """Name of each training id, index = train id (0 is 'unlabeled')."""

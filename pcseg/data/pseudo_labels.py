@@ -53,6 +53,7 @@ def class_thresholds(
     max_threshold: float = 1.0,
     min_confidence: float = 0.0,
     ignore_index: int | None = 0,
+    max_share: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-class confidence thresholds, (num_classes,) float64.
 
@@ -61,6 +62,10 @@ def class_thresholds(
     The threshold of class c is the ``1 - keep_fraction`` quantile of the confidences of the
     points predicted c (so about ``keep_fraction`` of them pass), lowered to ``max_threshold``
     and raised to ``min_confidence``. A class never predicted, and ``ignore_index``, get +inf.
+    max_share: (num_classes,) optional cap, applied last: at most ``max_share[c] * V`` points
+    pass for class c (its most confident ones; ties at the threshold may add a few), whatever
+    ``max_threshold`` says. Why: a model that over-predicts a class on the new domain is often
+    sure of it too, and self-training would then teach the error back round after round.
     """
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must lie in (0, 1], got {keep_fraction}")
@@ -78,7 +83,23 @@ def class_thresholds(
             continue
         q = float(np.quantile(confidence[prediction == c], 1.0 - keep_fraction))
         thresholds[c] = max(min(q, max_threshold), min_confidence)
+    if max_share is not None:
+        _apply_share_caps(thresholds, confidence, prediction, np.asarray(max_share))
     return thresholds
+
+
+def _apply_share_caps(
+    thresholds: np.ndarray, confidence: np.ndarray, prediction: np.ndarray, max_share: np.ndarray
+) -> None:
+    """Raise ``thresholds`` (C,) in place so that at most ``floor(max_share[c] * V)`` of the
+    points predicted c reach their class's threshold (+inf when that is 0)."""
+    if max_share.shape != thresholds.shape:
+        raise ValueError(f"max_share has shape {max_share.shape}, expected {thresholds.shape}")
+    for c in np.flatnonzero(np.isfinite(thresholds)):
+        passing = np.sort(confidence[(prediction == c) & (confidence >= thresholds[c])])
+        allowed = int(np.floor(max(float(max_share[c]), 0.0) * confidence.shape[0]))
+        if passing.shape[0] > allowed:
+            thresholds[c] = passing[-allowed] if allowed > 0 else np.inf
 
 
 @dataclass
@@ -108,13 +129,15 @@ def select_pseudo_labels(
     max_threshold: float = 1.0,
     min_confidence: float = 0.0,
     ignore_index: int | None = 0,
+    max_share: np.ndarray | None = None,
 ) -> PseudoLabels:
     """Pseudo-labels from class probabilities ``prob`` (V, C) (rows sum to 1).
 
     The ignored class is never predicted (its column is dropped and the rest renormalised:
     the network never learnt it), thresholds come from :func:`class_thresholds` over all V rows
     at once (pool every scan of a round, so thresholds do not vary scan to scan), and rows
-    below their class's threshold are labelled ``ignore_index``.
+    below their class's threshold are labelled ``ignore_index``. ``max_share``: see
+    :func:`class_thresholds`.
     """
     prob = np.asarray(prob, dtype=np.float64)
     if prob.ndim != 2:
@@ -134,6 +157,7 @@ def select_pseudo_labels(
         max_threshold,
         min_confidence,
         ignore_index,
+        max_share,
     )
     keep = confidence >= thresholds[prediction]
     fill = ignore_index if ignore_index is not None else -1
