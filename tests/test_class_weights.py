@@ -63,7 +63,7 @@ def test_train_weights_are_counted_when_fitting_starts(tmp_path, power):
         batch_size=2,
         persistent_workers=False,
     )
-    net = PCCN(5, 20, width=8, depth=1, k=4, kernel_hidden=(8,), head_hidden=(8,))
+    net = PCCN(dm.in_channels, 20, width=8, depth=1, k=4, kernel_hidden=(8,), head_hidden=(8,))
     model = SegmentationModule(
         net,
         optimizer=functools.partial(torch.optim.SGD, lr=0.01),
@@ -84,7 +84,7 @@ def test_train_weights_are_counted_when_fitting_starts(tmp_path, power):
     torch.testing.assert_close(model.criterion.ce.weight, expected)
     # the weights travel in the state dict, so evaluation rebuilds the same loss
     again = SegmentationModule(
-        PCCN(5, 20, width=8, depth=1, k=4, kernel_hidden=(8,), head_hidden=(8,)),
+        PCCN(dm.in_channels, 20, width=8, depth=1, k=4, kernel_hidden=(8,), head_hidden=(8,)),
         optimizer=functools.partial(torch.optim.SGD, lr=0.01),
         class_weights="train",
     )
@@ -93,6 +93,6 @@ def test_train_weights_are_counted_when_fitting_starts(tmp_path, power):
 
 
 def test_unknown_class_weights_are_rejected():
-    net = PCCN(5, 20, width=8, depth=1, k=4, kernel_hidden=(8,), head_hidden=(8,))
+    net = PCCN(3, 20, width=8, depth=1, k=4, kernel_hidden=(8,), head_hidden=(8,))
     with pytest.raises(ValueError, match="'content' or 'train'"):
         SegmentationModule(net, optimizer=torch.optim.SGD, class_weights="inverse")

@@ -38,7 +38,8 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
             None takes the label yaml's official split.
         label_config: path of the label yaml (None: SemanticKITTI's).
         generate: build the synthetic dataset into ``root`` if it is absent.
-        voxel_size: metres, > 0, or None for full resolution (0 or less: ValueError).
+        voxel_size: metres, > 0, or None for full resolution (0 or less: ValueError). The
+            defaults agree with configs/data/semantickitti.yaml (a test checks it).
         augment: training-only transform, a ``Compose`` of transforms.py (geometry and
             remission dropout) or a plain ``f(coord, rng) -> coord``.
         features: input feature names (see features.py).
@@ -67,9 +68,9 @@ class SemanticKITTIDataModule(pl.LightningDataModule):
         batch_size: int = 2,
         val_batch_size: int | None = None,
         num_workers: int = 2,
-        voxel_size: float | None = None,
+        voxel_size: float | None = 0.05,
         augment: Augment | None = None,
-        features: Sequence[str] = ("xyz", "remission", "range"),
+        features: Sequence[str] = ("height", "remission", "range"),
         pin_memory: bool = False,
         persistent_workers: bool = True,
         test_requires_labels: bool = False,

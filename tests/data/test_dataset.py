@@ -147,7 +147,7 @@ def test_datamodule_loaders_with_workers(tmp_path):
     assert [b.num_clouds for b in batches] == [2, 1]
     assert sum(int(b.inverse_offset[-1]) for b in batches) == 600
     val = list(dm.val_dataloader())
-    assert len(val) == 1 and val[0].feat.shape[1] == dm.in_channels == 5
+    assert len(val) == 1 and val[0].feat.shape[1] == dm.in_channels == 3  # height, remission, range
 
 
 def _compose_data(overrides: list[str]):
