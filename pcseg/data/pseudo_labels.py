@@ -9,7 +9,8 @@ would lose every label and self-training would teach the model to forget it. Her
 gets its own threshold, the confidence at which the most confident ``keep_fraction`` of the
 points predicted as that class are kept, capped at ``max_threshold`` (a prediction that sure is
 always kept, whatever the class) and floored at ``min_confidence``. Points below their class's
-threshold get the ignored id, so the loss skips them.
+threshold get the ignored id, so the loss skips them. Optionally a class-frequency prior caps each
+class's share of all points (``max_share``, ``adapt.prior_slack``), even for sure predictions.
 
 Staging: :func:`stage_scans` links every scan of a loose folder (``.bin``/``.pcd``/``.ply``) or
 of a SemanticKITTI-layout root into ``OUT/sequences/NN/velodyne/``; :func:`write_pseudo_labels`
