@@ -19,6 +19,7 @@ from pcseg.checkpointing import (
     safe_torch_load,
 )
 from pcseg.finetune import init_from_checkpoint
+from pcseg.process_group import closing_process_group
 from pcseg.run_lock import lock_run_folder
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     starts a new run from a checkpoint's weights (:mod:`pcseg.finetune`). The output folder is
     locked for the process's life (:mod:`pcseg.run_lock`): a second run into it fails fast.
     ``cfg.adapt.root`` adds self-training on unlabelled real scans: see :mod:`pcseg.adapt`.
+    Under DDP the process group is closed before returning (:mod:`pcseg.process_group`).
     """
+    with closing_process_group():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
+    """:func:`train` without closing the process group."""
     if cfg.get("adapt") is not None and cfg.adapt.get("root"):
         from pcseg.adapt import adapt  # simulated training (or adapt.from_ckpt), then real scans
 
