@@ -299,3 +299,32 @@ def test_randomisation_changes_the_scan_but_not_the_scene():
     np.testing.assert_allclose(pa[:2, 3], pb[:2, 3])  # same place in the same scene
     assert abs(pa[2, 3] - pb[2, 3]) <= Randomization().height + 1e-9
     assert abs(len(a) - len(b)) < 0.1 * len(a)
+
+
+def test_faint_echoes_read_dark_and_strong_ones_do_not():
+    """Remission fades below ``faint_echo`` echo strength: asphalt at 35 m under grazing
+    incidence reads mostly 0 (as KITTI's far ground does), the same asphalt at 5 m and a wall
+    facing the sensor at 40 m keep their brightness."""
+    from pcseg.data.synthetic.sensor import _remission
+
+    n, cfg, draw = 4000, LidarConfig(), SensorDraw()
+    rng = np.random.default_rng(0)
+
+    def remission(refl: float, cos_inc: float, r: float) -> np.ndarray:
+        return _remission(
+            np.full(n, refl),
+            np.full(n, cos_inc),
+            np.full(n, r),
+            np.ones(n),
+            np.zeros(n, bool),
+            draw,
+            rng,
+            cfg.faint_echo,
+        )
+
+    near_road = remission(0.33, 1.73 / 5, 5.0)
+    far_road = remission(0.33, 1.73 / 35, 35.0)
+    far_wall = remission(0.46, 0.9, 40.0)
+    assert np.median(near_road) > 0.2 and np.mean(near_road == 0) < 0.1
+    assert np.mean(far_road == 0) > 0.5
+    assert np.median(far_wall) == pytest.approx(np.median(remission(0.46, 0.9, 8.0)), abs=0.02)
