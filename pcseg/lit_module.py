@@ -42,11 +42,9 @@ def class_weights_from_frequencies(
 
 def class_weights_from_content(label_map: LabelMap, power: float = 0.5) -> torch.Tensor:
     """(num_classes,) loss weights from the label yaml's class frequencies (``content``: the
-    real SemanticKITTI mix), see :func:`class_weights_from_frequencies`."""
-    freq = np.zeros(label_map.num_classes)
-    for raw, share in label_map.content.items():
-        freq[label_map.learning_map[raw]] += share
-    return class_weights_from_frequencies(freq, label_map.ignore_index, power)
+    real SemanticKITTI mix, :meth:`LabelMap.class_shares`), see
+    :func:`class_weights_from_frequencies`."""
+    return class_weights_from_frequencies(label_map.class_shares(), label_map.ignore_index, power)
 
 
 class SegmentationModule(pl.LightningModule):

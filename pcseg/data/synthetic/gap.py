@@ -225,15 +225,11 @@ def load_scan_set(
 
 def content_shares(label_map: LabelMap) -> dict[int, float]:
     """Training id -> share of the labelled points over the whole of SemanticKITTI, from the
-    label yaml's ``content`` (raw-id frequencies): the class proportions a simulator should
-    approach. Three frames of one street cannot say that (half the classes are absent)."""
-    shares: dict[int, float] = {}
-    for raw, frac in label_map.content.items():
-        c = label_map.learning_map.get(int(raw), 0)
-        if c > 0:
-            shares[c] = shares.get(c, 0.0) + float(frac)
-    total = sum(shares.values())
-    return {c: v / total for c, v in shares.items()} if total else {}
+    label yaml's ``content`` (raw-id frequencies; :meth:`LabelMap.class_shares`): the class
+    proportions a simulator should approach. Three frames of one street cannot say that (half
+    the classes are absent)."""
+    shares = label_map.class_shares()
+    return {c: float(v) for c, v in enumerate(shares) if c > 0 and v > 0}
 
 
 def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
