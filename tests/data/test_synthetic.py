@@ -328,3 +328,53 @@ def test_faint_echoes_read_dark_and_strong_ones_do_not():
     assert np.median(near_road) > 0.2 and np.mean(near_road == 0) < 0.1
     assert np.mean(far_road == 0) > 0.5
     assert np.median(far_wall) == pytest.approx(np.median(remission(0.46, 0.9, 8.0)), abs=0.02)
+
+
+def test_shrub_beds_are_low_vegetation_along_their_heading():
+    """Generator 5: a shrub bed is foliage (raw 70) no taller than 0.8 m, laid along the
+    heading over its length (half the real vegetation points lie below 0.75 m)."""
+    from pcseg.data.synthetic import objects as obj
+    from pcseg.data.synthetic.materials import MATERIAL_ID
+    from pcseg.data.synthetic.mesh import MeshBuilder
+
+    rng = np.random.default_rng(0)
+    for yaw in (0.0, 1.0):
+        mb = MeshBuilder()
+        obj.shrub_bed(mb, obj.Pose2(10.0, -4.0, 0.5, yaw), 6.0, rng)
+        mesh = mb.build()
+        assert set(np.unique(mesh.labels)) == {70}
+        assert set(np.unique(mesh.materials)) == {MATERIAL_ID["foliage"]}
+        z = mesh.verts[:, 2] - 0.5
+        assert z.max() <= 0.8 and z.max() > 0.15
+        along = (mesh.verts[:, :2] - (10.0, -4.0)) @ (np.cos(yaw), np.sin(yaw))
+        across = (mesh.verts[:, :2] - (10.0, -4.0)) @ (-np.sin(yaw), np.cos(yaw))
+        assert along.max() - along.min() > 6.0 and across.max() - across.min() < 2.5
+
+
+def test_cars_get_a_drawn_paint_and_keep_it_between_frames():
+    """Generator 5: each car draws its paint (dark, silver-grey, white) into its dims, so a
+    moving car is rebuilt with the same paint in every frame; three-entry dims (older callers)
+    mean the dark paint."""
+    from pcseg.data.synthetic import objects as obj
+    from pcseg.data.synthetic.agents import CAR_PAINT_P, Agent, build_agent, vehicle_dims
+    from pcseg.data.synthetic.materials import MATERIAL_ID, MATERIALS
+    from pcseg.data.synthetic.mesh import MeshBuilder
+
+    rng = np.random.default_rng(0)
+    paints = np.array([vehicle_dims("car", rng)[3] for _ in range(3000)], int)
+    np.testing.assert_allclose(np.bincount(paints, minlength=3) / 3000, CAR_PAINT_P, atol=0.03)
+    assert len(vehicle_dims("truck", rng)) == 3
+    refl = [MATERIALS[MATERIAL_ID[p]].reflectivity for p in obj.CAR_PAINTS]
+    assert refl == sorted(refl) and refl[-1] > 3 * refl[0]
+
+    def body_materials(dims, pose: obj.Pose2 | None = None) -> set[int]:
+        mb = MeshBuilder()
+        agent = Agent("car", 252, 1, np.asarray(dims, float), 0, 0, 0, 5.0)
+        build_agent(mb, agent, pose or obj.Pose2(0, 0, 0, 0))
+        return set(np.unique(mb.build().materials).tolist())
+
+    light = body_materials([4.5, 1.8, 1.5, 2])
+    assert MATERIAL_ID["car_paint_light"] in light and MATERIAL_ID["car_paint"] not in light
+    assert light == body_materials([4.5, 1.8, 1.5, 2], obj.Pose2(7, 3, 0.2, 1.0))  # next frame
+    dark = body_materials([4.5, 1.8, 1.5])
+    assert MATERIAL_ID["car_paint"] in dark and MATERIAL_ID["car_paint_light"] not in dark

@@ -66,6 +66,17 @@ VEHICLE_DIMS = {
     "other": ([4.0, 1.9, 2.0], [6.0, 2.3, 2.8]),
 }
 VEHICLE_LABEL = {"car": 10, "truck": 18, "bus": 13, "other": 20}
+#: chance of each of :data:`~.objects.CAR_PAINTS` (dark, silver-grey, white) per car
+CAR_PAINT_P = (0.6, 0.25, 0.15)
+
+
+def vehicle_dims(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Random dims of a vehicle of ``kind`` (a key of :data:`VEHICLE_DIMS`): (length, width,
+    height), and for a car a 4th entry, the index of its paint in :data:`~.objects.CAR_PAINTS`."""
+    dims = rng.uniform(*VEHICLE_DIMS[kind])
+    if kind == "car":
+        dims = np.append(dims, rng.choice(len(CAR_PAINT_P), p=CAR_PAINT_P))
+    return dims
 
 
 def person_dims(rng: np.random.Generator) -> np.ndarray:

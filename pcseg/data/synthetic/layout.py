@@ -38,6 +38,8 @@ class LayoutParams:
     p_hedge: float
     p_lot: float
     relief: float
+    # generator 5: chance of a bed of low shrubs along the sidewalk in front of a lot
+    p_shrubs: float = 0.7
 
 
 def layout_params(layout: str, rng: np.random.Generator) -> LayoutParams:

@@ -23,6 +23,7 @@ from pcseg.data.synthetic.agents import (
     Agent,
     build_agent,
     person_dims,
+    vehicle_dims,
 )
 from pcseg.data.synthetic.ground import GRAVEL, LOT, WASTE, GroundKind
 from pcseg.data.synthetic.layout import LayoutParams
@@ -98,6 +99,10 @@ class Populator:
                     )
             else:
                 self.open_lot(street, side, s - length, s, front)
+            if rng.random() < prm.p_shrubs:  # a bed of low shrubs along the sidewalk
+                p = self.pose(street, mid, sign * (sidewalk_out + rng.uniform(0.3, 0.7)))
+                if p is not None:
+                    obj.shrub_bed(self.mb, p, length * rng.uniform(0.3, 0.9), rng)
             if rng.random() < prm.p_hedge:  # hedge or fence along the sidewalk
                 p = self.pose(street, mid, sign * (sidewalk_out + 0.6))
                 if p is not None:
@@ -115,10 +120,13 @@ class Populator:
         for _ in range(rng.poisson((s1 - s0) * (d1 - d0) / 15)):
             p = self.pose(street, rng.uniform(s0, s1), sign * rng.uniform(d0 + 0.8, d1 - 0.8))
             if p is not None:
-                if rng.random() < 0.3:
+                r = rng.random()
+                if r < 0.3:
                     obj.tree(self.mb, p, rng, scale=0.8)
-                else:
+                elif r < 0.65:
                     obj.bush(self.mb, p, rng)
+                else:  # generator 5: low shrubs as often as bushes
+                    obj.shrub_bed(self.mb, p, rng.uniform(1.0, 4.0), rng)
         if d1 - d0 > 6 and rng.random() < 0.4:  # car in the driveway
             p = self.pose(street, rng.uniform(s0 + 2, s1 - 2), sign * (d0 + 3.2), np.pi / 2)
             if p is not None:
@@ -198,6 +206,14 @@ class Populator:
         if prm.tree_spacing > 0:
             d_tree = (park + lawn) / 2 if lawn > park + 1.0 else park + rng.uniform(1.0, 1.6)
             each(prm.tree_spacing, lambda s: (p := place(d_tree)(s)) and obj.tree(self.mb, p, rng))
+        if lawn > park + 1.0:  # generator 5: shrubs on the planted strip between trees
+            each(
+                rng.uniform(10, 25),
+                lambda s: (
+                    (p := place((park + lawn) / 2)(s))
+                    and obj.shrub_bed(self.mb, p, rng.uniform(1.5, 5.0), rng)
+                ),
+            )
         each(
             rng.uniform(20, 34),
             lambda s: (p := place(park + 0.45, to_road)(s)) and obj.street_lamp(self.mb, p, rng),
@@ -284,7 +300,7 @@ class Populator:
         if kind == "motorcycle":
             obj.motorcycle(self.mb, p, None, 15, self.instance())
             return
-        dims = rng.uniform(*VEHICLE_DIMS[kind])
+        dims = vehicle_dims(kind, rng)
         if length is not None:
             dims[0] = length
         build_agent(self.mb, Agent(kind, VEHICLE_LABEL[kind], self.instance(), dims, 0, 0, 0, 0), p)
@@ -361,7 +377,7 @@ class Populator:
                 kind,
                 MOVING[VEHICLE_LABEL[kind]],
                 self.instance(),
-                rng.uniform(*VEHICLE_DIMS[kind]),
+                vehicle_dims(kind, rng),
                 street,
                 s,
                 d,
