@@ -28,6 +28,7 @@ from pcseg.data.io import read_labels
 from pcseg.export import SubmissionExport
 from pcseg.metrics import SemanticKITTIIoU, iou_table, metrics_to_dict, save_confusion_png
 from pcseg.predict import full_resolution_predictions, write_submission
+from pcseg.prior_shift import apply_prior
 from pcseg.tta import tta_logits
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = str(cfg.data.split)
 
     model = build_model(run, trusted)
+    # prior=content: predict under SemanticKITTI's class mix (pcseg.prior_shift)
+    apply_prior(model, run.ckpt, cfg.get("prior"), run.path)
     device = _device(cfg.get("device", "auto"))
     model.to(device).eval()
     names = model.label_map.class_names
@@ -142,7 +145,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             tta=int(cfg.get("tta", 1)),
             tta_seed=int(cfg.get("tta_seed", 0)),
         )
-        metrics = _report(result, skipped, names, split, run.path, out_dir)
+        prior = cfg.get("prior")
+        label = f"{split} (prior={prior})" if prior else split
+        metrics = _report(result, skipped, names, label, run.path, out_dir, prior)
         if export is not None:
             summary = export.publish(
                 datamodule.root,
@@ -162,6 +167,7 @@ def _report(
     split: str,
     ckpt: Path,
     out_dir: Path,
+    prior: str | None = None,
 ) -> dict[str, Any]:
     """Print the skipped scans and the IoU table; write metrics.json and confusion.png."""
     console = Console()
@@ -171,6 +177,8 @@ def _report(
     if result is not None:
         console.print(iou_table(result, names, title=f"{split}: {ckpt}"))
         metrics = metrics_to_dict(result, names)
+        if prior:
+            metrics["prior"] = prior
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         save_confusion_png(result.confusion, names, out_dir / "confusion.png")
         console.print(

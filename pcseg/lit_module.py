@@ -14,6 +14,7 @@ from torch import nn
 from pcseg.data.labels import LabelMap, load_label_map
 from pcseg.metrics import SemanticKITTIIoU
 from pcseg.nn.losses import CrossEntropyLovasz
+from pcseg.prior_shift import SOURCE_PRIOR_KEY, MeanClassProbability, points_per_voxel
 from pcseg.structures import PointBatch
 
 
@@ -109,6 +110,13 @@ class SegmentationModule(pl.LightningModule):
         kw = {"num_classes": self.label_map.num_classes, "ignore_index": self.ignore_index}
         self.val_iou = SemanticKITTIIoU(**kw)
         self.test_iou = SemanticKITTIIoU(**kw)
+        # the network's mean class probability per validation point: its effective class
+        # prior on the training domain, stored in checkpoints for label-shift correction
+        self.val_prior = MeanClassProbability(self.label_map.num_classes)
+        #: (C,) float64 numpy, from the last validation epoch (or the loaded checkpoint)
+        self.source_prior: np.ndarray | None = None
+        #: (C,) logit bias added in evaluation mode (pcseg.prior_shift.apply_prior); None: none
+        self.logit_bias: torch.Tensor | None = None
         self._step_start = 0.0
         #: Result of the last validation/test epoch (for the end-of-training table).
         self.last_result = None
@@ -131,7 +139,12 @@ class SegmentationModule(pl.LightningModule):
         self.criterion.ce.weight.copy_(weight.to(self.criterion.ce.weight.device))
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
-        return self.net(batch)
+        """Logits (N, C); in evaluation mode plus ``logit_bias`` when one is set (a prior
+        correction, :mod:`pcseg.prior_shift`). Training and validation never set one."""
+        logits = self.net(batch)
+        if self.logit_bias is not None and not self.training:
+            logits = logits + self.logit_bias.to(logits)
+        return logits
 
     def on_train_batch_start(self, batch: PointBatch, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
@@ -165,6 +178,9 @@ class SegmentationModule(pl.LightningModule):
         loss = self.criterion(logits, batch.label)
         pred = logits.argmax(dim=1)
         metric.update(pred, batch.label)
+        if stage == "val":
+            weight = points_per_voxel(batch.inverse, logits.shape[0])
+            self.val_prior.update(torch.softmax(logits.float(), dim=1), weight)
         self.log(f"{stage}/loss", loss, batch_size=batch.num_clouds, sync_dist=True)
         return pred
 
@@ -198,6 +214,9 @@ class SegmentationModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_iou(self.val_iou, "val")
+        if self.val_prior.update_count:
+            self.source_prior = self.val_prior.compute().cpu().numpy()
+        self.val_prior.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_iou(self.test_iou, "test")
@@ -224,9 +243,13 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["pcseg_config"] = self.run_config
+        if self.source_prior is not None:  # plain floats: loads with weights_only=True
+            checkpoint[SOURCE_PRIOR_KEY] = [float(v) for v in self.source_prior]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_config = checkpoint.get("pcseg_config", self.run_config)
+        if checkpoint.get(SOURCE_PRIOR_KEY) is not None:
+            self.source_prior = np.asarray(checkpoint[SOURCE_PRIOR_KEY], np.float64)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -37,6 +37,7 @@ from pcseg.data.io import _atomic_write, write_labels
 from pcseg.data.labels import LabelMap
 from pcseg.inference import CloudPredictor, Prediction, load_checkpoint_model, resolve_device
 from pcseg.loose_files import INTENSITY_FIELDS, LooseScanLoader, find_inputs, read_xyz
+from pcseg.prior_shift import apply_prior
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ class _Reporter:
 def _predictor(cfg: DictConfig) -> tuple[CloudPredictor, LoadedRun]:
     runs = Path(cfg.paths.log_dir) / "train" / "runs"
     model, run = load_checkpoint_model(cfg.ckpt_path, runs, _trusted(cfg))
+    apply_prior(model, run.ckpt, cfg.get("prior"), run.path)  # prior=content, pcseg.prior_shift
     tiles = cfg.get("tiles") or {}
     predictor = CloudPredictor.from_run(
         model,

@@ -1,0 +1,134 @@
+"""Label-shift correction: predict under the real class mix, not the simulator's.
+
+A network trained on simulated scans learns p_sim(y | x), whose class prior is the simulator's
+(and the loss weighting's). When only the class mix differs on the target data, Bayes' rule
+gives the target posterior without retraining (Saerens et al., Neural Computation 2002;
+Lipton et al., ICML 2018):
+
+    p_real(y | x)  ∝  p_sim(y | x) · π_real(y) / π_sim(y)
+
+i.e. a bias log π_real − log π_sim added to the logits. ``π_sim`` is what the trained network
+itself predicts on average over the simulated validation points (its effective prior, class
+weights and Lovász term included), accumulated during validation and stored in every
+checkpoint (``pcseg_source_prior``); ``π_real`` is the label yaml's ``content`` (SemanticKITTI's
+class frequencies over the whole dataset). Nothing is fitted, no real scan is read.
+
+Measured (2026-12-02, two 30-minute ``experiment=sim2real`` models, generators 4 and 5; real
+SemanticKITTI 00/000000-2, official mIoU): 25.3 → 26.3 % and 24.6 → 26.3 %, accuracy
+74.6 → 79.0 % and 76.3 → 81.6 %; simulated validation drops (52.8 → 50.4 %), as it must when
+its own class mix is traded for SemanticKITTI's. Use it for real scans:
+``python evaluate.py ckpt_path=... prior=content``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from pcseg.data.labels import LabelMap
+
+#: checkpoint key of the network's mean predicted class probabilities on simulated validation
+SOURCE_PRIOR_KEY = "pcseg_source_prior"
+#: ``prior=`` values: where the target class mix comes from
+TARGET_PRIORS = ("content",)
+#: shares below this count as this (a class the simulator never predicts would get +inf)
+PRIOR_FLOOR = 1e-6
+
+
+class PriorShiftError(ValueError):
+    """A prior correction that cannot be made (old checkpoint, unknown target, bad shares)."""
+
+
+class MeanClassProbability(Metric):
+    """Mean softmax probability per class over every ORIGINAL point seen: (C,) float64.
+
+    ``update(probs, weight)``: probs (V, C) per voxel, weight (V,) points per voxel (None: 1),
+    so the mean is per point like ``content``'s counts. Sums across processes under DDP.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros(num_classes, dtype=torch.float64), "sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), "sum")
+
+    def update(self, probs: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        probs = probs.detach().to(torch.float64)
+        if weight is None:
+            weight = torch.ones(probs.shape[0], dtype=torch.float64, device=probs.device)
+        weight = weight.to(torch.float64)
+        self.total += weight @ probs
+        self.count += weight.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp_min(1.0)
+
+
+def points_per_voxel(inverse: torch.Tensor | None, num_voxels: int) -> torch.Tensor | None:
+    """(V,) original points behind each packed voxel row, from a batch's ``inverse`` (P,)."""
+    if inverse is None or inverse.numel() == 0:
+        return None
+    return torch.bincount(inverse, minlength=num_voxels)
+
+
+def target_prior(name: str, label_map: LabelMap) -> np.ndarray:
+    """(C,) class shares of the target data: ``content`` = the label yaml's class frequencies
+    (0 for the ignored class)."""
+    if name != "content":
+        raise PriorShiftError(f"prior must be one of {', '.join(TARGET_PRIORS)}, got {name!r}")
+    shares = label_map.class_shares()
+    if shares.sum() <= 0:
+        raise PriorShiftError(f"{label_map.path}: the label yaml has no `content` frequencies")
+    return shares / shares.sum()
+
+
+def prior_bias(source: np.ndarray, target: np.ndarray, ignore_index: int) -> torch.Tensor:
+    """(C,) float32 logit bias log target − log source; 0 for ``ignore_index``.
+
+    source, target: (C,) class shares (need not be normalised without the ignored class)."""
+    source, target = np.asarray(source, np.float64), np.asarray(target, np.float64)
+    if source.shape != target.shape:
+        raise PriorShiftError(
+            f"the checkpoint's class prior has {source.shape[0]} classes, the label map "
+            f"{target.shape[0]}"
+        )
+    keep = np.arange(len(source)) != ignore_index
+    src = np.maximum(source[keep] / max(source[keep].sum(), PRIOR_FLOOR), PRIOR_FLOOR)
+    tgt = np.maximum(target[keep] / max(target[keep].sum(), PRIOR_FLOOR), PRIOR_FLOOR)
+    bias = np.zeros(len(source))
+    bias[keep] = np.log(tgt) - np.log(src)
+    return torch.from_numpy(bias).float()
+
+
+def source_prior(ckpt: dict[str, Any], path: Path | str) -> np.ndarray:
+    """The (C,) class prior stored in a checkpoint dict; raises naming ``path`` if absent."""
+    prior = ckpt.get(SOURCE_PRIOR_KEY)
+    if prior is None:
+        raise PriorShiftError(
+            f"{path}: the checkpoint has no class prior of its training data "
+            f"('{SOURCE_PRIOR_KEY}', stored since 2026-12-02 at every validation); "
+            "evaluate it without prior=, or retrain"
+        )
+    return np.asarray(prior, np.float64)
+
+
+def apply_prior(
+    model: Any, ckpt: dict[str, Any], target: str | None, path: Path | str
+) -> torch.Tensor | None:
+    """Set ``model.logit_bias`` for predicting under ``target``'s class mix (None: clear it).
+
+    model: a :class:`~pcseg.lit_module.SegmentationModule`; ckpt: its checkpoint dict.
+    Returns the bias (C,) or None."""
+    if not target:
+        model.logit_bias = None
+        return None
+    bias = prior_bias(
+        source_prior(ckpt, path), target_prior(str(target), model.label_map), model.ignore_index
+    )
+    model.logit_bias = bias
+    return bias
