@@ -47,6 +47,7 @@ from pcseg.data.collate import collate_point_clouds
 from pcseg.data.labels import LabelMap
 from pcseg.data.mixing import MixedDataset
 from pcseg.data.pseudo_labels import select_pseudo_labels, stage_scans, write_pseudo_labels
+from pcseg.prior_shift import PriorShiftError, prior_bias, target_prior
 from pcseg.structures import offset_to_lengths
 from pcseg.tta import tta_logits
 
@@ -118,6 +119,7 @@ class PseudoLabeller:
         tta: int,
         history: Path,
         max_share: np.ndarray | None = None,
+        prior: str | None = None,
     ) -> None:
         self.dataset = dataset
         self.out_root = Path(out_root)
@@ -128,6 +130,7 @@ class PseudoLabeller:
         self.min_confidence = min_confidence
         self.tta = tta
         self.max_share = max_share
+        self.prior = prior
         self.history_path = history
         self.history: list[dict[str, Any]] = []
 
@@ -159,9 +162,12 @@ class PseudoLabeller:
         start = time.perf_counter()
         was_training = model.training
         model.eval()
+        if self.prior:  # the network's current prior on the simulated scans -> the target mix
+            model.logit_bias = self._prior_bias(model)
         try:
             scans = self.predict(model, progress)
         finally:
+            model.logit_bias = None
             model.train(was_training)
         if not scans:
             raise RuntimeError(f"{self.out_root}: no readable real scan to pseudo-label")
@@ -185,6 +191,17 @@ class PseudoLabeller:
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
         self.history_path.write_text(json.dumps(self.history, indent=2))
         return stats
+
+    def _prior_bias(self, model: torch.nn.Module) -> torch.Tensor:
+        """Logit bias from ``model.source_prior`` (its last validation on simulated scans, or
+        the source checkpoint's) to ``self.prior`` (:mod:`pcseg.prior_shift`)."""
+        if getattr(model, "source_prior", None) is None:
+            raise PriorShiftError(
+                "adapt.prior needs the source checkpoint's class prior (stored since "
+                "2026-12-02); set adapt.prior=null or retrain the source"
+            )
+        target = target_prior(str(self.prior), self.label_map)
+        return prior_bias(model.source_prior, target, self.label_map.ignore_index)
 
     def _stats(self, pooled: Any, round_index: int, n_scans: int, seconds: float) -> dict:
         names = self.label_map.class_names
@@ -438,6 +455,7 @@ def _pseudo_labeller(
         tta=int(acfg.tta),
         history=adapt_dir / "rounds.json",
         max_share=_prior_caps(model.label_map, acfg.get("prior_slack")),
+        prior=acfg.get("prior"),
     )
 
 

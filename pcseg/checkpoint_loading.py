@@ -236,6 +236,8 @@ def build_model(run: LoadedRun, trusted_targets: Sequence[str] = ()) -> Any:
         raise CheckpointError(
             f"{run.path}: the weights do not fit the stored model config: {exc}"
         ) from None
+    if hasattr(model, "on_load_checkpoint"):  # what the module keeps beside its weights
+        model.on_load_checkpoint(run.ckpt)  # (run config, class prior): plain data only
     return model.eval()
 
 

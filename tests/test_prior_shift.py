@@ -146,6 +146,36 @@ def test_the_bias_is_added_in_evaluation_only_and_evaluate_records_it(trained):
     assert "prior" not in evaluate(compose_evaluate([f"ckpt_path={ckpt}"], tmp / "ev0"))
 
 
+@pytest.mark.slow
+def test_adaptation_pseudo_labels_under_the_target_prior(trained, tmp_path):
+    """adapt.prior=content: the labeller predicts with the bias from the model's stored prior
+    (build_model restores it) to the yaml's mix, and leaves the model without it."""
+    from pcseg.adapt import PseudoLabeller
+
+    ckpt, _ = trained
+    run = load_checkpoint(ckpt)
+    model = build_model(run)
+    np.testing.assert_allclose(model.source_prior, run.ckpt[SOURCE_PRIOR_KEY])
+    dataset = build_datamodule(run.config, {"num_workers": 0}).dataset("val")
+    labeller = PseudoLabeller(
+        dataset, tmp_path / "pseudo", model.label_map, list(run.config.data.features),
+        keep_fraction=1.0, max_threshold=1.0, min_confidence=0.0, tta=1,
+        history=tmp_path / "rounds.json", prior="content",
+    )  # fmt: skip
+    stats = labeller.refresh(model, 0)
+    assert model.logit_bias is None
+    bias = prior_bias(model.source_prior, target_prior("content", model.label_map), 0)
+    counts = np.zeros(model.label_map.num_classes, int)
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            logits = model(collate_point_clouds([dataset[i]])) + bias
+            counts += np.bincount(logits.argmax(1).numpy(), minlength=len(counts))
+    names = model.label_map.class_names
+    assert {names[c]: int(n) for c, n in enumerate(counts) if n} == {
+        k: v["predicted"] for k, v in stats["classes"].items()
+    }
+
+
 def test_a_checkpoint_without_a_prior_is_refused_by_name(tmp_path):
     root = write_toy_dataset(tmp_path / "toy", {0: 1, 1: 1}, points=800)
     ckpt = save_checkpoint(run_config(root, tmp_path / "run"), tmp_path / "old.ckpt")
