@@ -75,11 +75,19 @@ def toy_run(tmp_path_factory) -> tuple[Path, Path]:
     return root, run / "checkpoints" / "last.ckpt"
 
 
-def test_predict_gives_the_labels_evaluate_exports(toy_run, tmp_path):
+@pytest.mark.parametrize("prior", ["null", "content"])
+def test_predict_gives_the_labels_evaluate_exports(toy_run, tmp_path, prior):
+    """Also under prior=content (the label-shift bias): both commands apply it alike."""
     root, ckpt = toy_run
     ev = _compose(
         "evaluate",
-        [f"ckpt_path={ckpt}", "data.split=test", "export=true", "data.num_workers=0"],
+        [
+            f"ckpt_path={ckpt}",
+            "data.split=test",
+            "export=true",
+            "data.num_workers=0",
+            f"prior={prior}",
+        ],
         tmp_path / "eval",
     )
     with open_dict(ev):
@@ -88,7 +96,13 @@ def test_predict_gives_the_labels_evaluate_exports(toy_run, tmp_path):
     velodyne = root / "sequences" / "01" / "velodyne"
     pr = _compose(
         "predict",
-        [f"ckpt_path={ckpt}", f"input={velodyne}", f"output={tmp_path / 'pred'}", "ply=false"],
+        [
+            f"ckpt_path={ckpt}",
+            f"input={velodyne}",
+            f"output={tmp_path / 'pred'}",
+            "ply=false",
+            f"prior={prior}",
+        ],
         tmp_path / "predict",
     )
     summary = predict(pr)
