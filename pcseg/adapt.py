@@ -47,7 +47,7 @@ from pcseg.data.collate import collate_point_clouds
 from pcseg.data.labels import LabelMap
 from pcseg.data.mixing import MixedDataset
 from pcseg.data.pseudo_labels import select_pseudo_labels, stage_scans, write_pseudo_labels
-from pcseg.prior_shift import PriorShiftError, prior_bias, target_prior
+from pcseg.prior_shift import correction_bias
 from pcseg.structures import offset_to_lengths
 from pcseg.tta import tta_logits
 
@@ -162,8 +162,9 @@ class PseudoLabeller:
         start = time.perf_counter()
         was_training = model.training
         model.eval()
-        if self.prior:  # the network's current prior on the simulated scans -> the target mix
-            model.logit_bias = self._prior_bias(model)
+        if self.prior:  # adapt.prior: pseudo-labels under the target class mix
+            # its current prior on the simulated scans (or the source checkpoint's)
+            model.logit_bias = correction_bias(model, self.prior, "adapt: the source model")
         try:
             scans = self.predict(model, progress)
         finally:
@@ -191,17 +192,6 @@ class PseudoLabeller:
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
         self.history_path.write_text(json.dumps(self.history, indent=2))
         return stats
-
-    def _prior_bias(self, model: torch.nn.Module) -> torch.Tensor:
-        """Logit bias from ``model.source_prior`` (its last validation on simulated scans, or
-        the source checkpoint's) to ``self.prior`` (:mod:`pcseg.prior_shift`)."""
-        if getattr(model, "source_prior", None) is None:
-            raise PriorShiftError(
-                "adapt.prior needs the source checkpoint's class prior (stored since "
-                "2026-12-02); set adapt.prior=null or retrain the source"
-            )
-        target = target_prior(str(self.prior), self.label_map)
-        return prior_bias(model.source_prior, target, self.label_map.ignore_index)
 
     def _stats(self, pooled: Any, round_index: int, n_scans: int, seconds: float) -> dict:
         names = self.label_map.class_names

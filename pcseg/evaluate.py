@@ -126,7 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     model = build_model(run, trusted)
     # prior=content: predict under SemanticKITTI's class mix (pcseg.prior_shift)
-    apply_prior(model, run.ckpt, cfg.get("prior"), run.path)
+    apply_prior(model, cfg.get("prior"), run.path)
     device = _device(cfg.get("device", "auto"))
     model.to(device).eval()
     names = model.label_map.class_names

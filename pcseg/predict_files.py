@@ -10,6 +10,9 @@ it writes, under ``output`` and mirroring the file's path below the input folder
 - ``<stem>.png`` (``png=true``): bird's-eye view coloured by class (numpy, no OpenGL);
 - ``summary.json``: per file points, voxels, tiles, seconds; failures with their reasons.
 
+``prior=content`` predicts under SemanticKITTI's class mix instead of the training data's
+(:mod:`pcseg.prior_shift`: for a model trained on simulated scans).
+
 A bad file is reported (path and reason) and skipped; the others are still predicted and the
 run ends with a non-zero status. Progress: a rich bar on a terminal, one plain line per file
 otherwise (logs, SLURM, CI).
@@ -215,7 +218,7 @@ class _Reporter:
 def _predictor(cfg: DictConfig) -> tuple[CloudPredictor, LoadedRun]:
     runs = Path(cfg.paths.log_dir) / "train" / "runs"
     model, run = load_checkpoint_model(cfg.ckpt_path, runs, _trusted(cfg))
-    apply_prior(model, run.ckpt, cfg.get("prior"), run.path)  # prior=content, pcseg.prior_shift
+    apply_prior(model, cfg.get("prior"), run.path)  # prior=content, pcseg.prior_shift
     tiles = cfg.get("tiles") or {}
     predictor = CloudPredictor.from_run(
         model,

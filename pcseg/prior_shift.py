@@ -105,30 +105,25 @@ def prior_bias(source: np.ndarray, target: np.ndarray, ignore_index: int) -> tor
     return torch.from_numpy(bias).float()
 
 
-def source_prior(ckpt: dict[str, Any], path: Path | str) -> np.ndarray:
-    """The (C,) class prior stored in a checkpoint dict; raises naming ``path`` if absent."""
-    prior = ckpt.get(SOURCE_PRIOR_KEY)
+def correction_bias(model: Any, target: str, source: Path | str = "the checkpoint") -> torch.Tensor:
+    """(C,) logit bias from ``model.source_prior`` (restored from its checkpoint by
+    :func:`~pcseg.checkpoint_loading.build_model`, or set by its last validation) to the
+    ``target`` class mix. Raises :class:`PriorShiftError` naming ``source`` when the model has
+    no stored prior (a checkpoint from before 2026-12-02)."""
+    prior = getattr(model, "source_prior", None)
     if prior is None:
         raise PriorShiftError(
-            f"{path}: the checkpoint has no class prior of its training data "
+            f"{source}: the checkpoint has no class prior of its training data "
             f"('{SOURCE_PRIOR_KEY}', stored since 2026-12-02 at every validation); "
-            "evaluate it without prior=, or retrain"
+            "run without prior=, or retrain"
         )
-    return np.asarray(prior, np.float64)
+    return prior_bias(prior, target_prior(str(target), model.label_map), model.ignore_index)
 
 
-def apply_prior(
-    model: Any, ckpt: dict[str, Any], target: str | None, path: Path | str
-) -> torch.Tensor | None:
+def apply_prior(model: Any, target: str | None, source: Path | str) -> torch.Tensor | None:
     """Set ``model.logit_bias`` for predicting under ``target``'s class mix (None: clear it).
 
-    model: a :class:`~pcseg.lit_module.SegmentationModule`; ckpt: its checkpoint dict.
-    Returns the bias (C,) or None."""
-    if not target:
-        model.logit_bias = None
-        return None
-    bias = prior_bias(
-        source_prior(ckpt, path), target_prior(str(target), model.label_map), model.ignore_index
-    )
-    model.logit_bias = bias
-    return bias
+    model: a :class:`~pcseg.lit_module.SegmentationModule` built from the checkpoint file
+    ``source`` (named in errors). Returns the bias (C,) or None."""
+    model.logit_bias = correction_bias(model, target, source) if target else None
+    return model.logit_bias

@@ -132,7 +132,7 @@ def test_the_bias_is_added_in_evaluation_only_and_evaluate_records_it(trained):
     batch = collate_point_clouds([datamodule.dataset("val")[0]])
     with torch.no_grad():
         plain = model(batch)
-        bias = apply_prior(model, run.ckpt, "content", ckpt)
+        bias = apply_prior(model, "content", ckpt)
         torch.testing.assert_close(model(batch) - plain, bias.expand_as(plain))
         model.train()
         assert model.logit_bias is not None
@@ -181,5 +181,8 @@ def test_a_checkpoint_without_a_prior_is_refused_by_name(tmp_path):
     ckpt = save_checkpoint(run_config(root, tmp_path / "run"), tmp_path / "old.ckpt")
     with pytest.raises(PriorShiftError, match=re.escape(str(ckpt))):
         evaluate(compose_evaluate([f"ckpt_path={ckpt}", "prior=content"], tmp_path / "ev"))
+    model = build_model(load_checkpoint(ckpt))
+    assert model.source_prior is None
+    model.source_prior = np.ones(model.label_map.num_classes)
     with pytest.raises(PriorShiftError, match="prior must be one of"):
-        apply_prior(build_model(load_checkpoint(ckpt)), {SOURCE_PRIOR_KEY: [1.0]}, "x", ckpt)
+        apply_prior(model, "x", ckpt)
