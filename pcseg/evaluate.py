@@ -28,7 +28,7 @@ from pcseg.data.io import read_labels
 from pcseg.export import SubmissionExport
 from pcseg.metrics import SemanticKITTIIoU, iou_table, metrics_to_dict, save_confusion_png
 from pcseg.predict import full_resolution_predictions, write_submission
-from pcseg.prior_shift import apply_prior
+from pcseg.prior_shift import apply_prior, ensure_source_prior
 from pcseg.tta import tta_logits
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = str(cfg.data.split)
 
     model = build_model(run, trusted)
-    # prior=content: predict under SemanticKITTI's class mix (pcseg.prior_shift)
-    apply_prior(model, cfg.get("prior"), run.path)
     device = _device(cfg.get("device", "auto"))
     model.to(device).eval()
+    if cfg.get("prior"):  # prior=content: predict under SemanticKITTI's class mix
+        ensure_source_prior(model, run, trusted, device)
+        apply_prior(model, cfg.prior, run.path)
     names = model.label_map.class_names
 
     out_dir = Path(cfg.paths.output_dir)

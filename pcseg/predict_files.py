@@ -40,7 +40,7 @@ from pcseg.data.io import _atomic_write, write_labels
 from pcseg.data.labels import LabelMap
 from pcseg.inference import CloudPredictor, Prediction, load_checkpoint_model, resolve_device
 from pcseg.loose_files import INTENSITY_FIELDS, LooseScanLoader, find_inputs, read_xyz
-from pcseg.prior_shift import apply_prior
+from pcseg.prior_shift import apply_prior, ensure_source_prior
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,9 @@ class _Reporter:
 def _predictor(cfg: DictConfig) -> tuple[CloudPredictor, LoadedRun]:
     runs = Path(cfg.paths.log_dir) / "train" / "runs"
     model, run = load_checkpoint_model(cfg.ckpt_path, runs, _trusted(cfg))
-    apply_prior(model, cfg.get("prior"), run.path)  # prior=content, pcseg.prior_shift
+    if cfg.get("prior"):  # prior=content: SemanticKITTI's class mix (pcseg.prior_shift)
+        ensure_source_prior(model, run, _trusted(cfg))
+        apply_prior(model, cfg.prior, run.path)
     tiles = cfg.get("tiles") or {}
     predictor = CloudPredictor.from_run(
         model,

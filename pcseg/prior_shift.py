@@ -10,7 +10,8 @@ Lipton et al., ICML 2018):
 i.e. a bias log π_real − log π_sim added to the logits. ``π_sim`` is what the trained network
 itself predicts on average over the simulated validation points (its effective prior, class
 weights and Lovász term included), accumulated during validation and stored in every
-checkpoint (``pcseg_source_prior``); ``π_real`` is the label yaml's ``content`` (SemanticKITTI's
+checkpoint (``pcseg_source_prior``; for an older checkpoint it is estimated on its run's own
+validation split, :func:`ensure_source_prior`); ``π_real`` is the label yaml's ``content`` (SemanticKITTI's
 class frequencies over the whole dataset). Nothing is fitted, no real scan is read.
 
 Measured (2026-12-02, two 30-minute ``experiment=sim2real`` models, generators 4 and 5; real
@@ -22,6 +23,8 @@ its own class mix is traded for SemanticKITTI's. Use it for real scans:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ import torch
 from torchmetrics import Metric
 
 from pcseg.data.labels import LabelMap
+
+log = logging.getLogger(__name__)
 
 #: checkpoint key of the network's mean predicted class probabilities on simulated validation
 SOURCE_PRIOR_KEY = "pcseg_source_prior"
@@ -103,6 +108,57 @@ def prior_bias(source: np.ndarray, target: np.ndarray, ignore_index: int) -> tor
     bias = np.zeros(len(source))
     bias[keep] = np.log(tgt) - np.log(src)
     return torch.from_numpy(bias).float()
+
+
+@torch.no_grad()
+def estimate_source_prior(
+    model: Any, datamodule: Any, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """(C,) the model's mean class probability per original point of ``datamodule``'s
+    validation split: what training stores at every validation, for a checkpoint written
+    before it did. ``model`` in eval mode on ``device``; ``prepare_data()`` already called."""
+    metric = MeanClassProbability(model.label_map.num_classes).to(device)
+    loader = datamodule._loader("val", datamodule.val_batch_size, shuffle=False)
+    bias, model.logit_bias = model.logit_bias, None
+    try:
+        for batch in loader:
+            if batch.num_clouds == 0:
+                continue
+            batch = batch.to(device)
+            logits = model(batch)
+            metric.update(
+                torch.softmax(logits.float(), 1), points_per_voxel(batch.inverse, len(logits))
+            )
+    finally:
+        model.logit_bias = bias
+    if not metric.update_count:
+        raise PriorShiftError("the run's validation split holds no scan to estimate a prior on")
+    return metric.compute().cpu().numpy()
+
+
+def ensure_source_prior(
+    model: Any, run: Any, trusted_targets: Sequence[str] = (), device: torch.device | str = "cpu"
+) -> None:
+    """Give ``model`` (built from the checkpoint ``run``, eval mode on ``device``) a source
+    prior: the stored one, or for a checkpoint from before 2026-12-02 one estimated on its
+    run's own validation split (:func:`estimate_source_prior`; the embedded dataset is
+    regenerated if missing). Raises :class:`PriorShiftError` naming the checkpoint when that
+    data cannot be read."""
+    if getattr(model, "source_prior", None) is not None:
+        return
+    from pcseg.checkpoint_loading import build_datamodule
+
+    log.info("%s: no stored class prior; estimating it on the run's validation split", run.path)
+    try:
+        datamodule = build_datamodule(run.config, None, run.path, trusted_targets)
+        datamodule.prepare_data()
+        model.source_prior = estimate_source_prior(model, datamodule, device)
+    except (OSError, ValueError) as exc:
+        raise PriorShiftError(
+            f"{run.path}: the checkpoint stores no class prior of its training data "
+            f"('{SOURCE_PRIOR_KEY}', since 2026-12-02), and its run's validation data could "
+            f"not be read to estimate one: {exc}"
+        ) from exc
 
 
 def correction_bias(model: Any, target: str, source: Path | str = "the checkpoint") -> torch.Tensor:

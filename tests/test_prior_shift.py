@@ -5,6 +5,7 @@ analytic posterior), the stored prior is the network's mean probability per vali
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from pcseg.prior_shift import (
     MeanClassProbability,
     PriorShiftError,
     apply_prior,
+    ensure_source_prior,
     points_per_voxel,
     prior_bias,
     target_prior,
@@ -176,13 +178,37 @@ def test_adaptation_pseudo_labels_under_the_target_prior(trained, tmp_path):
     }
 
 
-def test_a_checkpoint_without_a_prior_is_refused_by_name(tmp_path):
+@pytest.mark.slow
+def test_an_older_checkpoint_gets_its_prior_estimated_on_its_validation_split(trained):
+    """A checkpoint without a stored prior (written before 2026-12-02): evaluate estimates it
+    on the run's own validation split, which gives what training would have stored."""
+    ckpt, tmp = trained
+    raw = torch.load(ckpt, weights_only=True)
+    stored = np.asarray(raw.pop(SOURCE_PRIOR_KEY))
+    older = tmp / "older.ckpt"
+    torch.save(raw, older)
+    run = load_checkpoint(older)
+    model = build_model(run)
+    assert model.source_prior is None
+    ensure_source_prior(model, run)
+    np.testing.assert_allclose(model.source_prior, stored, rtol=1e-4, atol=1e-6)
+    with_key = evaluate(compose_evaluate([f"ckpt_path={ckpt}", "prior=content"], tmp / "a"))
+    estimated = evaluate(compose_evaluate([f"ckpt_path={older}", "prior=content"], tmp / "b"))
+    assert estimated["confusion"] == with_key["confusion"]
+
+
+def test_an_older_checkpoint_without_its_data_is_refused_by_name(tmp_path):
     root = write_toy_dataset(tmp_path / "toy", {0: 1, 1: 1}, points=800)
     ckpt = save_checkpoint(run_config(root, tmp_path / "run"), tmp_path / "old.ckpt")
-    with pytest.raises(PriorShiftError, match=re.escape(str(ckpt))):
-        evaluate(compose_evaluate([f"ckpt_path={ckpt}", "prior=content"], tmp_path / "ev"))
+    other = write_toy_dataset(tmp_path / "other", {1: 1}, points=800)
+    shutil.rmtree(root)  # the run's own data is gone; the scans to score are elsewhere
+    overrides = [f"ckpt_path={ckpt}", "prior=content", f"data.root={other}"]
+    with pytest.raises(PriorShiftError, match=re.escape(str(ckpt))) as err:
+        evaluate(compose_evaluate([*overrides, "data.sequences={valid:[1]}"], tmp_path / "ev"))
+    assert "validation data" in str(err.value)
     model = build_model(load_checkpoint(ckpt))
-    assert model.source_prior is None
+    with pytest.raises(PriorShiftError, match=re.escape(str(ckpt))):
+        apply_prior(model, "content", ckpt)  # the bias itself needs a prior
     model.source_prior = np.ones(model.label_map.num_classes)
     with pytest.raises(PriorShiftError, match="prior must be one of"):
         apply_prior(model, "x", ckpt)
