@@ -105,6 +105,9 @@ class PseudoLabeller:
         max_share: (C,) optional cap on each class's share of all voxels (``adapt.prior_slack``
             x the label yaml's class frequencies); see
             :func:`~pcseg.data.pseudo_labels.class_thresholds`.
+        prior: ``adapt.prior``: predict under this class mix (:mod:`pcseg.prior_shift`).
+        max_range: voxels farther than this (m, horizontal, from the sensor) get no
+            pseudo-label; None: no limit.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class PseudoLabeller:
         history: Path,
         max_share: np.ndarray | None = None,
         prior: str | None = None,
+        max_range: float | None = None,
     ) -> None:
         self.dataset = dataset
         self.out_root = Path(out_root)
@@ -131,14 +135,16 @@ class PseudoLabeller:
         self.tta = tta
         self.max_share = max_share
         self.prior = prior
+        self.max_range = max_range
         self.history_path = history
         self.history: list[dict[str, Any]] = []
 
     @torch.no_grad()
     def predict(
         self, model: torch.nn.Module, progress: bool
-    ) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-        """(meta, prob (V, C) float32 per voxel, inverse (P,) voxel of each point) per scan."""
+    ) -> list[tuple[dict, np.ndarray, np.ndarray, np.ndarray]]:
+        """(meta, prob (V, C) float32 per voxel, inverse (P,) voxel of each point, horizontal
+        range (V,) of each voxel from the sensor) per scan."""
         device = next(model.parameters()).device
         loader = DataLoader(self.dataset, batch_size=1, collate_fn=collate_point_clouds)
         out = []
@@ -152,7 +158,8 @@ class PseudoLabeller:
                     prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
                     # one cloud per batch: the inverse indexes this cloud's rows directly
                     assert int(offset_to_lengths(batch.offset)[0]) == prob.shape[0]
-                    out.append((batch.meta[0], prob, batch.inverse.numpy()))
+                    ranges = batch.coord[:, :2].norm(dim=1).cpu().numpy()
+                    out.append((batch.meta[0], prob, batch.inverse.numpy(), ranges))
                 bar.advance(task, 1)
         return out
 
@@ -173,15 +180,18 @@ class PseudoLabeller:
         if not scans:
             raise RuntimeError(f"{self.out_root}: no readable real scan to pseudo-label")
         pooled = select_pseudo_labels(
-            np.concatenate([prob for _, prob, _ in scans]),
+            np.concatenate([prob for _, prob, _, _ in scans]),
             self.keep_fraction,
             self.max_threshold,
             self.min_confidence,
             self.label_map.ignore_index,
             self.max_share,
         )
+        if self.max_range is not None:  # far voxels: the source's least reliable predictions
+            far = np.concatenate([ranges for *_, ranges in scans]) > self.max_range
+            pooled.label[far] = self.label_map.ignore_index
         start_row = 0
-        for meta, prob, inverse in scans:
+        for meta, prob, inverse, _ in scans:
             voxel_label = pooled.label[start_row : start_row + prob.shape[0]]
             start_row += prob.shape[0]
             write_pseudo_labels(
@@ -446,6 +456,7 @@ def _pseudo_labeller(
         history=adapt_dir / "rounds.json",
         max_share=_prior_caps(model.label_map, acfg.get("prior_slack")),
         prior=acfg.get("prior"),
+        max_range=acfg.get("max_range"),
     )
 
 

@@ -329,6 +329,9 @@ def test_train_with_adapt_root_end_to_end(adapted_run, real_folder, tmp_path):
 @pytest.mark.slow
 def test_adapt_from_checkpoint_skips_simulated_training(adapted_run, real_folder, tmp_path):
     run, toy, _ = adapted_run
+    scans = sorted(real_folder.iterdir())
+    xyz = {p.stem: read_scan(p)[0] for p in scans}
+    max_range = float(np.median(np.hypot(*np.concatenate(list(xyz.values()))[:, :2].T)))
     cfg = compose_train(
         [
             *_adapt_overrides(toy, real_folder),
@@ -340,6 +343,7 @@ def test_adapt_from_checkpoint_skips_simulated_training(adapted_run, real_folder
             "adapt.validate=false",
             "adapt.prior_slack=1.5",
             "adapt.prior=content",  # pseudo-labels under SemanticKITTI's class mix
+            f"adapt.max_range={max_range}",
         ],
         tmp_path / "second",
     )
@@ -353,3 +357,12 @@ def test_adapt_from_checkpoint_skips_simulated_training(adapted_run, real_folder
     shares = dict(zip(lm.class_names, lm.class_shares(), strict=True))
     for name, c in first["classes"].items():
         assert c["kept"] <= np.floor(1.5 * shares[name] * first["voxels"]) + 1, name
+    # adapt.max_range: no pseudo-label beyond it (0.1 m voxels: a margin for the voxel centres)
+    labels = tmp_path / "second" / "adapt" / "pseudo" / "sequences" / "00" / "labels"
+    near_labelled = 0
+    for stem, points in xyz.items():
+        sem, _ = read_labels(labels / f"{stem}.label", num_points=len(points))
+        r = np.hypot(points[:, 0], points[:, 1])
+        assert not sem[r > max_range + 0.2].any(), stem
+        near_labelled += int((sem[r < max_range - 0.2] != 0).sum())
+    assert near_labelled > 0
