@@ -127,9 +127,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(run, trusted)
     device = _device(cfg.get("device", "auto"))
     model.to(device).eval()
-    if cfg.get("prior"):  # prior=content: predict under SemanticKITTI's class mix
+    prior = cfg.get("prior")
+    if prior:  # prior=content: predict under SemanticKITTI's class mix
         ensure_source_prior(model, run, trusted, device)
-        apply_prior(model, cfg.prior, run.path)
+        apply_prior(model, prior, run.path)
     names = model.label_map.class_names
 
     out_dir = Path(cfg.paths.output_dir)
@@ -146,7 +147,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             tta=int(cfg.get("tta", 1)),
             tta_seed=int(cfg.get("tta_seed", 0)),
         )
-        prior = cfg.get("prior")
         label = f"{split} (prior={prior})" if prior else split
         metrics = _report(result, skipped, names, label, run.path, out_dir, prior)
         if export is not None:

@@ -14,7 +14,7 @@ from torch import nn
 from pcseg.data.labels import LabelMap, load_label_map
 from pcseg.metrics import SemanticKITTIIoU
 from pcseg.nn.losses import CrossEntropyLovasz
-from pcseg.prior_shift import SOURCE_PRIOR_KEY, MeanClassProbability, points_per_voxel
+from pcseg.prior_shift import SOURCE_PRIOR_KEY, MeanClassProbability
 from pcseg.structures import PointBatch
 
 
@@ -179,8 +179,7 @@ class SegmentationModule(pl.LightningModule):
         pred = logits.argmax(dim=1)
         metric.update(pred, batch.label)
         if stage == "val":
-            weight = points_per_voxel(batch.inverse, logits.shape[0])
-            self.val_prior.update(torch.softmax(logits.float(), dim=1), weight)
+            self.val_prior.update_logits(logits, batch.inverse)
         self.log(f"{stage}/loss", loss, batch_size=batch.num_clouds, sync_dist=True)
         return pred
 

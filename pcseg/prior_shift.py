@@ -12,12 +12,14 @@ itself predicts on average over the simulated validation points (its effective p
 weights and Lovász term included), accumulated during validation and stored in every
 checkpoint (``pcseg_source_prior``; for an older checkpoint it is estimated on its run's own
 validation split, :func:`ensure_source_prior`); ``π_real`` is the label yaml's ``content``
-(SemanticKITTI's class frequencies over the whole dataset). Nothing is fitted, no real scan is read.
+(SemanticKITTI's class frequencies over the whole dataset). Nothing is fitted, no real scan is
+read.
 
 Measured (2026-12-02, three 30-minute ``experiment=sim2real`` models, generator 4 and
-generator 5 twice; real SemanticKITTI 00/000000-2, official mIoU): 25.3 → 26.3 %, 24.6 → 26.3 %
-and 24.4 → 26.1 %, accuracy 74.6 → 79.0 %, 76.3 → 81.6 % and 72.6 → 79.8 %; simulated validation drops (52.8 → 50.4 %), as it must when
-its own class mix is traded for SemanticKITTI's. Use it for real scans:
+generator 5 twice; real SemanticKITTI 00/000000-2, official mIoU): 25.3 → 26.3 %,
+24.6 → 26.3 % and 24.4 → 26.1 %, accuracy 74.6 → 79.0 %, 76.3 → 81.6 % and 72.6 → 79.8 %;
+simulated validation drops (52.8 → 50.4 % on the first), as it must when its own class mix is
+traded for SemanticKITTI's. Use it for real scans:
 ``python evaluate.py ckpt_path=... prior=content``.
 """
 
@@ -71,6 +73,11 @@ class MeanClassProbability(Metric):
         self.total += weight @ probs
         self.count += weight.sum()
 
+    def update_logits(self, logits: torch.Tensor, inverse: torch.Tensor | None) -> None:
+        """``update`` from a batch's logits (V, C) and its ``inverse`` (P,) (None: 1 point per
+        voxel): what validation and :func:`estimate_source_prior` both accumulate."""
+        self.update(torch.softmax(logits.float(), dim=1), points_per_voxel(inverse, len(logits)))
+
     def compute(self) -> torch.Tensor:
         return self.total / self.count.clamp_min(1.0)
 
@@ -87,10 +94,10 @@ def target_prior(name: str, label_map: LabelMap) -> np.ndarray:
     (0 for the ignored class)."""
     if name != "content":
         raise PriorShiftError(f"prior must be one of {', '.join(TARGET_PRIORS)}, got {name!r}")
-    shares = label_map.class_shares()
-    if shares.sum() <= 0:
+    shares = label_map.class_shares()  # sums to 1, or all zeros without `content`
+    if not shares.any():
         raise PriorShiftError(f"{label_map.path}: the label yaml has no `content` frequencies")
-    return shares / shares.sum()
+    return shares
 
 
 def prior_bias(source: np.ndarray, target: np.ndarray, ignore_index: int) -> torch.Tensor:
@@ -130,9 +137,7 @@ def estimate_source_prior(
                 if batch.num_clouds == 0:
                     continue
                 batch = batch.to(device)
-                logits = model(batch)
-                weight = points_per_voxel(batch.inverse, len(logits))
-                metric.update(torch.softmax(logits.float(), 1), weight)
+                metric.update_logits(model(batch), batch.inverse)
     finally:
         model.logit_bias = bias
     if not metric.update_count:
