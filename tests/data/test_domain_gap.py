@@ -69,6 +69,22 @@ def test_shape_features_match_reference_and_known_shapes():
     assert np.median(shape_features(blob, blob, 16)["scattering"]) > 0.2
 
 
+def test_texture_is_the_remission_spread_of_the_neighbours():
+    """point_features' texture against a plain loop (brute-force neighbours, np.std), and on
+    a plane whose two halves differ only in remission speckle: the speckled half reads rough."""
+    rng = np.random.default_rng(1)
+    xyz = np.c_[rng.uniform(0, 4, 800), rng.uniform(0, 2, 800), np.zeros(800)]  # no ties
+    speckled = xyz[:, 0] >= 2.0
+    rem = np.where(speckled, rng.uniform(0.1, 0.5, 800), 0.3)
+    sel, feats = point_features(xyz, rem, rng, max_points=100, k=8)
+    for i, q in zip(sel, xyz[sel], strict=True):
+        nb = np.argsort(((xyz - q) ** 2).sum(1), kind="stable")[:8]
+        assert feats["texture"][np.searchsorted(sel, i)] == pytest.approx(rem[nb].std(), abs=1e-9)
+    inner = np.abs(xyz[sel, 0] - 2.0) > 0.4  # neighbourhoods within one half
+    assert np.all(feats["texture"][inner & ~speckled[sel]] == 0)
+    assert np.median(feats["texture"][inner & speckled[sel]]) > 0.05
+
+
 def test_local_ground_ignores_a_multipath_point_and_sees_walls_above_it():
     rng = np.random.default_rng(1)
     ground = np.c_[rng.uniform(0, 10, (2000, 2)), np.full(2000, -1.7)]

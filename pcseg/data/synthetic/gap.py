@@ -1,8 +1,10 @@
 """The domain gap between simulated and real scans, measured class by class.
 
 Per point of a scan (:func:`point_features`): range, height above the local ground, remission,
-elevation, and the local shape of its K nearest neighbours (verticality of the normal;
-linearity, planarity and scattering of the covariance eigenvalues). Per object: the number of
+elevation, the remission texture (standard deviation of remission over its K nearest
+neighbours: speckle on a sidewalk, grass against soil on a lawn) and the local shape of those
+neighbours (verticality of the normal; linearity, planarity and scattering of the covariance
+eigenvalues). Per object: the number of
 points of each instance (ids from the label's high 16 bits). Per class: its share of the
 labelled points. :func:`compare` turns two sets of scans into one row per (class, statistic):
 both medians and the Wasserstein-1 distance normalised by the real distribution's spread, so
@@ -33,6 +35,7 @@ POINT_STATS: dict[str, tuple[str, float]] = {
     "range": ("m", 1.0),
     "remission": ("", 0.02),
     "elevation": ("deg", 0.5),
+    "texture": ("", 0.01),
     "verticality": ("", 0.05),
     "linearity": ("", 0.05),
     "planarity": ("", 0.05),
@@ -88,9 +91,20 @@ def shape_features(xyz: np.ndarray, query: np.ndarray, k: int = 16) -> dict[str,
     planarity (l2-l3)/l1 and scattering l3/l1 (they sum to 1); verticality is 1 - |n_z| of the
     normal (the smallest eigenvector): 0 on the road, 1 on a wall. Each (M,) float64.
     """
+    return _shape_of(xyz, _neighbours(xyz, query, k))
+
+
+def _neighbours(xyz: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """Indices (M, k') into ``xyz`` (N, 3) of the k' = min(k, N) nearest points of each query."""
     k = min(k, len(xyz))
     _, idx = cKDTree(xyz).query(query, k=k)
-    nb = xyz[idx.reshape(len(query), k)]
+    return idx.reshape(len(query), k)
+
+
+def _shape_of(xyz: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`shape_features` of the neighbourhoods ``idx`` (M, k) into ``xyz`` (N, 3)."""
+    k = idx.shape[1]
+    nb = xyz[idx]
     nb = nb - nb.mean(1, keepdims=True)
     cov = np.einsum("mki,mkj->mij", nb, nb) / k
     w, v = np.linalg.eigh(cov)  # ascending
@@ -125,13 +139,16 @@ def point_features(
         sel = np.sort(rng.choice(len(xyz), max_points, replace=False))
     r = np.linalg.norm(xyz, axis=1)
     ground = local_ground(xyz)
+    remission = np.asarray(remission, np.float64)
+    idx = _neighbours(xyz, xyz[sel], k)
     out = {
         "height": (xyz[:, 2] - ground)[sel],
         "range": r[sel],
-        "remission": np.asarray(remission, np.float64)[sel],
+        "remission": remission[sel],
         "elevation": np.degrees(np.arcsin(np.clip(xyz[sel, 2] / np.maximum(r[sel], 1e-6), -1, 1))),
     }
-    out.update(shape_features(xyz, xyz[sel], k))
+    out["texture"] = remission[idx].std(1)
+    out.update(_shape_of(xyz, idx))
     return sel, out
 
 
