@@ -4,11 +4,11 @@ Per point of a scan (:func:`point_features`): range, height above the local grou
 elevation, the remission texture (standard deviation of remission over its K nearest
 neighbours: speckle on a sidewalk, grass against soil on a lawn) and the local shape of those
 neighbours (verticality of the normal; linearity, planarity and scattering of the covariance
-eigenvalues). Per object: the number of
-points of each instance (ids from the label's high 16 bits). Per class: its share of the
-labelled points. :func:`compare` turns two sets of scans into one row per (class, statistic):
-both medians and the Wasserstein-1 distance normalised by the real distribution's spread, so
-statistics in metres, in [0, 1] and in points rank on one scale (:func:`rank`).
+eigenvalues). Per object: the number of points of each instance (ids from the label's high 16
+bits). Per class: its share of the labelled points. :func:`compare` turns two sets of scans
+into one row per (class, statistic): both medians and the Wasserstein-1 distance normalised by
+the real distribution's spread, so statistics in metres, in [0, 1] and in points rank on one
+scale (:func:`rank`).
 
 Why these statistics: a segmentation network trained on simulated scans learns exactly these
 cues (how high above the ground a class sits, how far, how bright, how flat or scattered its
