@@ -338,9 +338,10 @@ def _without_adapt(cfg: DictConfig) -> DictConfig:
 
 
 #: Callbacks of the run that the adaptation trainer leaves out: checkpointing (adaptation keeps
-#: its own: every round's weights and the last; none is picked by a metric) and the run's time
-#: budget (it plans the simulated training's schedule).
-_NOT_IN_ADAPTATION = ("model_checkpoint", "step_checkpoint", "time_budget")
+#: its own: every round's weights and the last; none is picked by a metric), the run's time
+#: budget (it plans the simulated training's schedule) and the weight average (pseudo-labels
+#: come from the weights being trained).
+_NOT_IN_ADAPTATION = ("model_checkpoint", "step_checkpoint", "time_budget", "weight_average")
 
 
 def _callbacks(cfg: DictConfig) -> list[pl.Callback]:

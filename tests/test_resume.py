@@ -206,11 +206,17 @@ def csv_logger(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_resume_after_an_epoch_equals_an_uninterrupted_run(toy_root, tmp_path):
+@pytest.mark.parametrize("weight_average", [False, True])
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(toy_root, tmp_path, weight_average):
     """2 epochs straight == epoch 1, stop, resume from last.ckpt for epoch 2: same weights,
     optimiser state, per-step losses, learning rates and val metrics, bit for bit (dropout and
-    augmentation included: the random generators are restored; num_workers=0)."""
-    base = resume_overrides(toy_root)
+    augmentation included: the random generators are restored; num_workers=0). With the weight
+    average on, the checkpoint's state_dict is the average and the raw weights ride in the
+    callback state: both must come back."""
+    base = [
+        *resume_overrides(toy_root),
+        f"callbacks.weight_average.enabled={str(weight_average).lower()}",
+    ]
     straight = tmp_path / "straight"
     train(compose_train([*base, *csv_logger(straight)], straight))
 
@@ -226,6 +232,12 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(toy_root, tmp_path):
     assert a["global_step"] == b["global_step"] > load(ckpt)["global_step"]
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
+    if weight_average:
+        raw_a = a["callbacks"]["WeightAverage"]["raw_state_dict"]
+        raw_b = b["callbacks"]["WeightAverage"]["raw_state_dict"]
+        assert any(not torch.equal(raw_a[k], a["state_dict"][k]) for k in raw_a)
+        for name, tensor in raw_a.items():
+            assert torch.equal(tensor, raw_b[name]), name
     opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     for i in opt_a:
         for key in ("step", "exp_avg", "exp_avg_sq"):
