@@ -37,7 +37,7 @@ DEFAULT_SEQUENCES: dict[int, int] = {
     **dict.fromkeys(DEFAULT_SPLIT["valid"] + DEFAULT_SPLIT["test"], 1),
 }
 #: bump when the generator's output changes, so old datasets are regenerated
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 MARKER = "synthetic.json"
 
 
