@@ -229,6 +229,34 @@ def test_far_ground_reads_as_dark_as_in_unlabelled_kitti(fresh_sim):
     assert abs(np.median(sim) - np.median(ref)) < 0.07, (np.median(sim), np.median(ref))
 
 
+def _above_ground_remission(scans: ScanSet, near: float, far: float) -> np.ndarray:
+    """Remission of the sampled points more than 0.7 m above the local ground at ``near`` to
+    ``far`` m range (vegetation, facades, trunks, poles: surfaces that face the sensor)."""
+    height, rng, rem = (scans.get(-1, s) for s in ("height", "range", "remission"))
+    return rem[(height > 0.7) & (rng >= near) & (rng < far)]
+
+
+@needs_real
+@pytest.mark.slow
+def test_far_objects_read_as_dark_as_in_unlabelled_kitti(fresh_sim):
+    """KITTI's remission falls with range for every surface, not only for grazing ground: points
+    well above the ground read about 0.6 and 0.4 of their near value at 30-40 and 40-60 m in
+    the unlabelled scans. Generator 5 kept them as bright as near ones, so far, dark things
+    were only cars there, and a model called far real vegetation car (71 % of it beyond 30 m
+    on one 30-minute model; 11 % with generator 6's range fade). Label-free."""
+    unl = sorted((Path(REAL).parent / "kitti_unlabeled").glob("*.bin"))
+    if not unl:
+        pytest.skip("no kitti_unlabeled beside PCSEG_REAL_DATA")
+    ref_set = load_scan_set("unlabeled", unl, None, max_points=10000)
+    for near, far in ((30.0, 40.0), (40.0, 60.0)):
+        sim = _above_ground_remission(fresh_sim, near, far)
+        ref = _above_ground_remission(ref_set, near, far)
+        assert len(sim) > 100 and len(ref) > 100, (near, len(sim), len(ref))
+        sim_ratio = np.median(sim) / np.median(_above_ground_remission(fresh_sim, 5.0, 20.0))
+        ref_ratio = np.median(ref) / np.median(_above_ground_remission(ref_set, 5.0, 20.0))
+        assert abs(sim_ratio - ref_ratio) < 0.2, (near, sim_ratio, ref_ratio)
+
+
 @needs_real
 @pytest.mark.slow
 def test_cars_have_the_bright_tail_of_real_cars(fresh_sim):
