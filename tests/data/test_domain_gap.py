@@ -182,8 +182,9 @@ def test_class_agnostic_statistics_near_unlabelled_kitti(fresh_sim):
     ]
     assert {g.stat for g in gaps} == set(POINT_STATS)
     for g in gaps:
-        # remission texture is the one open class-agnostic gap (generator 5: 0.5, one noise
-        # for every surface; docs/simulator.md "Generator 6"): bounded so it does not grow
+        # remission texture is the one open class-agnostic gap (generators 5-6: 0.5, one
+        # noise for every surface; docs/simulator.md "A texture-and-trees candidate": closing
+        # it per material cost real sidewalk twice): bounded so it does not grow
         assert g.distance < (0.7 if g.stat == "texture" else 0.3), g
 
 
