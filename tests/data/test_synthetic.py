@@ -303,8 +303,9 @@ def test_randomisation_changes_the_scan_but_not_the_scene():
 
 def test_faint_echoes_read_dark_and_strong_ones_do_not():
     """Remission fades below ``faint_echo`` echo strength: asphalt at 35 m under grazing
-    incidence reads mostly 0 (as KITTI's far ground does), the same asphalt at 5 m and a wall
-    facing the sensor at 40 m keep their brightness."""
+    incidence reads mostly 0 (as KITTI's far ground does), the same asphalt at 5 m keeps its
+    brightness, and a wall facing the sensor at 40 m only loses the range fade of every surface
+    (generator 6), not more."""
     from pcseg.data.synthetic.sensor import _remission
 
     n, cfg, draw = 4000, LidarConfig(), SensorDraw()
@@ -320,6 +321,7 @@ def test_faint_echoes_read_dark_and_strong_ones_do_not():
             draw,
             rng,
             cfg.faint_echo,
+            cfg.range_fade(np.full(n, r)),
         )
 
     near_road = remission(0.33, 1.73 / 5, 5.0)
@@ -327,7 +329,9 @@ def test_faint_echoes_read_dark_and_strong_ones_do_not():
     far_wall = remission(0.46, 0.9, 40.0)
     assert np.median(near_road) > 0.2 and np.mean(near_road == 0) < 0.1
     assert np.mean(far_road == 0) > 0.5
-    assert np.median(far_wall) == pytest.approx(np.median(remission(0.46, 0.9, 8.0)), abs=0.02)
+    near_wall = np.median(remission(0.46, 0.9, 8.0))
+    assert cfg.range_fade(8.0) == 1.0 and 0.3 < cfg.range_fade(40.0) < 0.7
+    assert np.median(far_wall) == pytest.approx(near_wall * cfg.range_fade(40.0), abs=0.02)
 
 
 def test_shrub_beds_are_low_vegetation_along_their_heading():

@@ -178,6 +178,13 @@ class LidarConfig:
         if len(self.elevation) < 1 or not all(-90 < e < 90 for e in self.elevation):
             raise SensorConfigError(f"{self.name}: elevation angles must lie in (-90, 90) deg")
 
+    def range_fade(self, r: np.ndarray) -> np.ndarray:
+        """Remission factor (R,) of every surface at true range r (R,) m: 1 up to
+        ``range_fade_start``, then exp(-(r - start) / ``range_fade_length``)."""
+        return np.exp(
+            -np.maximum(np.asarray(r) - self.range_fade_start, 0.0) / self.range_fade_length
+        )
+
     def base_elevations(self) -> np.ndarray:
         """The nominal beam elevations (n_beams,) in degrees, top beam first."""
         base = np.sort(np.asarray(self.elevation, np.float64))[::-1]
@@ -431,7 +438,7 @@ def simulate_scan(
     far = rng.random(n) < np.clip((r - 45.0) / 70.0, 0.0, 0.45)
     label[far & ~multipath] = 0
     instance[far] = 0
-    fade = np.exp(-np.maximum(r - cfg.range_fade_start, 0.0) / cfg.range_fade_length)
+    fade = cfg.range_fade(r)
     rem = _remission(refl, cos_inc, r, gain[beam], multipath, draw, rng, cfg.faint_echo, fade)
 
     idx = np.flatnonzero(keep)
