@@ -135,11 +135,10 @@ class WeightAverage(pl.Callback):
         checkpoint["state_dict"] = {k: v.detach().clone() for k, v in self.average.items()}
         state = checkpoint.setdefault("callbacks", {}).setdefault(self.state_key, {})
         state["raw_state_dict"] = {k: v.detach().clone() for k, v in raw.items()}
-        state["steps"] = self.steps
 
     def state_dict(self) -> dict[str, Any]:
-        # the tensors are added in on_save_checkpoint, where the module is at hand
-        return {"steps": self.steps, "horizon": self.horizon}
+        # the raw weights are added in on_save_checkpoint, where the module is at hand
+        return {"steps": self.steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = int(state_dict.get("steps", 0))

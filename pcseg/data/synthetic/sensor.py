@@ -139,7 +139,7 @@ class LidarConfig:
     # 15 / 37 %), i.e. 1 / 0.88 / 0.62 / 0.38 of the near value, which this curve gives at the
     # bins' centres; generator 5 read 0.35 / 0.35 / 0.32 / 0.36. There, far vegetation and
     # facades stayed bright and the only dark things far away were cars, and a model trained
-    # on it called 7k far, dark real vegetation points car (34 % of its car predictions).
+    # on it called 7k far, dark real vegetation points car (33 % of its car predictions).
     range_fade_start: float = 20.0
     range_fade_length: float = 30.0
     # ego body in the sensor frame, boxes of (min xyz, max xyz): roof and boot behind the
